@@ -1,0 +1,32 @@
+"""Saving what was trained: a standard peft adapter (or a whole model for `full`) plus a
+manifest (peftlab.json) with what is needed to use it again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftlab.fsutil import dir_size_bytes, write_dir_atomic, write_json_atomic
+
+MANIFEST = "peftlab.json"
+MANIFEST_VERSION = 1
+
+
+def save_artifact(model, tokenizer, folder: Path, manifest: dict, is_peft: bool) -> dict:
+    """Write the adapter folder atomically; return {"path", "size_mb", "weights_mb"}."""
+
+    def fill(tmp: Path) -> None:
+        # peft writes adapter_config.json + adapter_model.safetensors (with any
+        # modules_to_save, e.g. a new classification head); `full` writes the whole model.
+        model.save_pretrained(tmp, safe_serialization=True)
+        if not is_peft:
+            tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / MANIFEST, {"format_version": MANIFEST_VERSION, **manifest})
+
+    write_dir_atomic(folder, fill)
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    return {
+        "path": str(folder),
+        "size_mb": round(dir_size_bytes(folder) / 2**20, 3),
+        "weights_mb": round(weights / 2**20, 3),
+        "format": "peft" if is_peft else "transformers",
+    }

@@ -1,0 +1,168 @@
+"""Command line: subcommands -> plain functions, one explicit map.
+
+`peftlab run` flags are generated from the config dataclasses, so `--help` documents
+every field and cannot drift from the code. User mistakes end in one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from peftlab import __version__
+from peftlab.config import (
+    SECTIONS,
+    RunConfig,
+    apply_mapping,
+    coerce,
+    field_path,
+    field_type,
+    iter_fields,
+    load_yaml,
+)
+from peftlab.errors import PeftlabError
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig()
+    groups = {name: parser.add_argument_group(f"{name} settings") for name in SECTIONS}
+    groups["run"] = parser.add_argument_group("run settings")
+    for owner, name, f in iter_fields(defaults):
+        path = field_path(defaults, owner, name)
+        section = path.split(".")[0] if "." in path else "run"
+        flag = "--" + (f.metadata.get("flag") or name.replace("_", "-"))
+        default = getattr(owner, name)
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = f.metadata["help"].replace("%", "%%") + f" [{path}; default: {shown}]"
+        kwargs = {"dest": path, "default": argparse.SUPPRESS, "help": help_text}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if field_type(owner, name) is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = name.upper()
+        groups[section].add_argument(flag, **kwargs)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults <- YAML file <- flags, then validated once."""
+    cfg = RunConfig()
+    if args.config:
+        apply_mapping(cfg, load_yaml(args.config), str(args.config))
+    for path, value in vars(args).items():
+        if path.split(".")[0] not in SECTIONS and path not in ("out", "name"):
+            continue  # --config, --resume, command
+        section, _, name = path.rpartition(".")
+        owner = getattr(cfg, section) if section else cfg
+        flag = "--" + name.replace("_", "-")
+        setattr(owner, name, coerce(value, field_type(owner, name), flag))
+    return cfg.validate()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peftlab.report import before_after_table
+    from peftlab.run import resume, run
+
+    if args.resume:
+        given = [k for k in vars(args) if "." in k or k in ("out", "name")]
+        if given or args.config:
+            raise PeftlabError(
+                "--resume continues a run with the config stored in its run.json; "
+                f"drop the other settings ({', '.join(given) or '--config'})"
+            )
+        record = resume(args.resume)
+    else:
+        record = run(build_config(args))
+    if record.get("status") == "done":
+        print()
+        print(before_after_table(record))
+        print(f"\nrun directory: {record.run_dir} (run.json, report.md, adapter/)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from peftlab.assets import BUILTIN_MODELS, PINS
+
+    for model in BUILTIN_MODELS.values():
+        print(f"{model.name:14s} {model.description}  [{model.package}=={PINS[model.package]}]")
+    print("\nAlso: a local folder written by save_pretrained, or a Hugging Face Hub id.")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from peftlab.assets import BUILTIN_DATASETS, PINS
+
+    for ds in BUILTIN_DATASETS.values():
+        print(f"{ds.name:16s} {ds.description}  [{ds.package}=={PINS[ds.package]}]")
+    print("\nAlso: a local CSV/TSV/JSONL/JSON/Parquet file (--text-column, --label-column),")
+    print("a folder of train/validation/test files, or a Hugging Face Hub dataset name.")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from peftlab.methods import METHODS
+
+    for method in METHODS.values():
+        print(f"{method.name:10s} {method.description}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "models": cmd_models, "datasets": cmd_datasets, "methods": cmd_methods}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peftlab",
+        description="Fine-tune a foundation model with a parameter-efficient method and "
+        "measure what it gained.",
+    )
+    parser.add_argument("--version", action="version", version=f"peftlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_parser = sub.add_parser(
+        "run",
+        help="evaluate a base model, fine-tune it, evaluate again, write a run directory",
+        description="Evaluate the base model on the test split, fine-tune it with a method, "
+        "evaluate again, and write run.json, report.md and the adapter into the run "
+        "directory. Settings: defaults, then --config YAML (sections model/data/method/"
+        "train), then flags.",
+    )
+    run_parser.add_argument("--config", metavar="YAML", help="YAML file of settings")
+    run_parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    add_config_flags(run_parser)
+    sub.add_parser("models", help="list the built-in models")
+    sub.add_parser("datasets", help="list the built-in datasets")
+    sub.add_parser("methods", help="list the fine-tuning methods")
+    return parser
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except PeftlabError as exc:
+        print(f"peftlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peftlab: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Typed run configuration: the single source of truth.
+
+Defaults live here; a YAML file overrides them; command-line flags override the YAML.
+Every field carries its help text (it becomes `peftlab run --help`) and its flag name.
+`RunConfig.validate()` runs once, right after merging, and rejects bad values with the
+field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftlab.errors import ConfigError
+
+
+def arg(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
+    """A config field with its help text, optional flag name and allowed values."""
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelArgs:
+    name: str = arg(
+        "smollm2-135m",
+        "Base model: a built-in name (see `peftlab models`), a local folder, or a Hub id.",
+        flag="model",
+    )
+    head: str = arg(
+        "auto",
+        "Classification head: 'label_words' scores the next-token logits of one word per "
+        "label (causal LMs; the base model is meaningful before training), 'linear' adds a "
+        "trained linear layer (encoders, or any model); 'auto' picks label_words for causal "
+        "LMs and linear otherwise.",
+        choices=("auto", "label_words", "linear"),
+    )
+    max_length: int = arg(128, "Longest input in tokens; longer texts are truncated.")
+    allow_pickle: bool = arg(
+        False, "Allow loading pickled (.bin/.pt) weights. Off by default: safetensors only."
+    )
+
+
+@dataclass
+class DataArgs:
+    name: str = arg(
+        "rotten_tomatoes",
+        "Dataset: a built-in name (see `peftlab datasets`), a local CSV/JSONL/Parquet file "
+        "or a folder of train/validation/test files, or a Hub dataset name.",
+        flag="dataset",
+    )
+    text_column: str | None = arg(None, "Column holding the input text (default: 'text').")
+    label_column: str | None = arg(None, "Column holding the label (default: 'label').")
+    labels: list[str] | None = arg(
+        None,
+        "Label names in order (comma-separated). Default: the dataset's own names, or the "
+        "sorted distinct values of the label column.",
+    )
+    template: str | None = arg(
+        None,
+        "Input template with a {text} slot, e.g. 'Review: {text}\\nSentiment:'. Default: "
+        "the dataset's own template for label-word heads, '{text}' for linear heads.",
+    )
+    label_words: list[str] | None = arg(
+        None,
+        "One word per label for label-word scoring (comma-separated), scored as ' word'. "
+        "Default: the label names.",
+    )
+    validation_fraction: float = arg(
+        0.1, "Share of the data held out for validation when the data has no own split."
+    )
+    test_fraction: float = arg(
+        0.1, "Share of the data held out for the test when the data has no own split."
+    )
+    train_samples: int = arg(
+        1000, "Train on at most this many examples (seeded sample; 0 = all).", flag="train-samples"
+    )
+    validation_samples: int = arg(
+        200, "Validate on at most this many examples (0 = all).", flag="validation-samples"
+    )
+    test_samples: int = arg(500, "Test on at most this many examples (0 = all).")
+
+
+@dataclass
+class MethodArgs:
+    name: str = arg("lora", "Fine-tuning method (see `peftlab methods`).", flag="method")
+    lora_r: int = arg(8, "LoRA rank.")
+    lora_alpha: int = arg(16, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = arg(0.05, "Dropout on the LoRA input.")
+    target_modules: list[str] | None = arg(
+        None,
+        "Module names to adapt (comma-separated); default: every linear layer of the "
+        "transformer blocks.",
+    )
+
+
+@dataclass
+class TrainArgs:
+    epochs: float = arg(1.0, "Passes over the training data (fractions allowed).")
+    max_steps: int = arg(0, "Stop after this many optimizer steps (0 = use epochs).")
+    batch_size: int = arg(8, "Examples per forward pass (per process).")
+    grad_accum: int = arg(1, "Forward passes per optimizer step (gradient accumulation).")
+    lr: float = arg(5e-4, "Peak learning rate.")
+    weight_decay: float = arg(0.01, "AdamW weight decay (not applied to biases and norms).")
+    warmup_ratio: float = arg(0.1, "Share of the optimizer steps spent warming up the rate.")
+    scheduler: str = arg(
+        "linear", "Learning-rate decay after warmup.", choices=("linear", "cosine", "constant")
+    )
+    max_grad_norm: float = arg(1.0, "Clip gradients to this norm (0 = no clipping).")
+    eval_every: int = arg(
+        0, "Evaluate on the validation split every N optimizer steps (0 = once per epoch)."
+    )
+    eval_batch_size: int = arg(32, "Examples per forward pass when evaluating.")
+    keep_best: bool = arg(
+        True, "Keep the weights with the best validation metric rather than the last ones."
+    )
+    checkpoint_every: int = arg(
+        25, "Write a resumable checkpoint every N optimizer steps (0 = never)."
+    )
+    precision: str = arg(
+        "fp32", "Compute precision: fp32, or bf16 autocast.", choices=("fp32", "bf16")
+    )
+    seed: int = arg(0, "Random seed for splits, sampling, initialisation and data order.")
+
+
+@dataclass
+class RunConfig:
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    method: MethodArgs = field(default_factory=MethodArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    out: str | None = arg(None, "Run directory (default: runs/<timestamp>-<name>).")
+    name: str | None = arg(None, "Run name (default: <method>-<model>-<dataset>).")
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        parts = [self.method.name, Path(self.model.name).name, Path(self.data.name).stem]
+        return "-".join(p.replace("/", "_") for p in parts)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Reject bad values up front; each error names the field, the value and the fix."""
+        for section, name, f in iter_fields(self):
+            value = getattr(section, name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(field_path(self, section, name), value, f"use one of {choices}")
+        t, d, m = self.train, self.data, self.method
+        from peftlab.methods import METHODS  # the registry imports this module
+
+        if m.name not in METHODS:
+            raise ConfigError("method.name", m.name, f"use one of: {', '.join(METHODS)}")
+        _positive(self, t, "batch_size", "eval_batch_size", "grad_accum", "lr")
+        _positive(self, self.model, "max_length")
+        _positive(self, m, "lora_r", "lora_alpha")
+        _non_negative(self, t, "epochs", "max_steps", "weight_decay", "max_grad_norm")
+        _non_negative(self, t, "eval_every", "checkpoint_every")
+        _non_negative(self, d, "train_samples", "validation_samples", "test_samples")
+        if t.epochs == 0 and t.max_steps == 0:
+            raise ConfigError("train.epochs", 0, "set epochs > 0 or max_steps > 0")
+        for name in ("warmup_ratio",):
+            _fraction(self, t, name, upper_inclusive=True)
+        _fraction(self, m, "lora_dropout")
+        _fraction(self, d, "validation_fraction")
+        _fraction(self, d, "test_fraction")
+        if d.validation_fraction + d.test_fraction >= 1:
+            raise ConfigError(
+                "data.validation_fraction + data.test_fraction",
+                d.validation_fraction + d.test_fraction,
+                "leave some data for training: keep the sum below 1",
+            )
+        if d.template is not None and "{text}" not in d.template:
+            raise ConfigError("data.template", d.template, "include a {text} slot")
+        if d.labels is not None and len(set(d.labels)) != len(d.labels):
+            raise ConfigError("data.labels", d.labels, "give each label once")
+        return self
+
+
+def _positive(cfg, section, *names):
+    for name in names:
+        value = getattr(section, name)
+        if not value > 0:
+            raise ConfigError(field_path(cfg, section, name), value, "use a number above 0")
+
+
+def _non_negative(cfg, section, *names):
+    for name in names:
+        value = getattr(section, name)
+        if value < 0:
+            raise ConfigError(field_path(cfg, section, name), value, "use 0 or more")
+
+
+def _fraction(cfg, section, name, upper_inclusive=False):
+    value = getattr(section, name)
+    ok = 0 <= value <= 1 if upper_inclusive else 0 <= value < 1
+    if not ok:
+        raise ConfigError(field_path(cfg, section, name), value, "use a fraction in [0, 1)")
+
+
+SECTIONS = ("model", "data", "method", "train")
+
+
+def iter_fields(cfg: RunConfig):
+    """Yield (owner object, field name, dataclass field) for every leaf setting."""
+    for section_name in SECTIONS:
+        section = getattr(cfg, section_name)
+        for f in dataclasses.fields(section):
+            yield section, f.name, f
+    for f in dataclasses.fields(cfg):
+        if f.name not in SECTIONS:
+            yield cfg, f.name, f
+
+
+def field_path(cfg: RunConfig, owner: Any, name: str) -> str:
+    for section_name in SECTIONS:
+        if getattr(cfg, section_name) is owner:
+            return f"{section_name}.{name}"
+    return name
+
+
+def field_type(owner: Any, name: str) -> Any:
+    hints = typing.get_type_hints(type(owner))
+    return hints[name]
+
+
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """Turn a YAML or command-line value into the field's declared type."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return coerce(value, inner, where)
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(where, value, "give a list (comma-separated on the command line)")
+        return [coerce(v.strip() if isinstance(v, str) else v, args[0], where) for v in items]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(where, value, "use true or false")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(where, value, f"use a number ({typ.__name__})")
+        try:
+            number = typ(float(value)) if typ is int and isinstance(value, str) else typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(where, value, f"use a number ({typ.__name__})") from None
+        if typ is int and float(value) != number:
+            raise ConfigError(where, value, "use a whole number")
+        return number
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(where, value, "use a single text value")
+        return str(value)
+    return value
+
+
+def apply_mapping(cfg: RunConfig, mapping: dict, source: str) -> None:
+    """Apply a nested mapping (as read from YAML) onto the config, checking every key."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(
+            source, type(mapping).__name__, "the file must hold a mapping of settings"
+        )
+    for key, value in mapping.items():
+        if key in SECTIONS:
+            section = getattr(cfg, key)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key}", value, f"'{key}:' must hold a mapping")
+            names = [f.name for f in dataclasses.fields(section)]
+            for sub, sub_value in value.items():
+                if sub not in names:
+                    raise ConfigError(f"{source}: {key}.{sub}", sub_value, _unknown_fix(sub, names))
+                typ = field_type(section, sub)
+                setattr(section, sub, coerce(sub_value, typ, f"{key}.{sub}"))
+        else:
+            names = [f.name for f in dataclasses.fields(cfg) if f.name not in SECTIONS]
+            if key not in names:
+                raise ConfigError(
+                    f"{source}: {key}", value, _unknown_fix(key, names + list(SECTIONS))
+                )
+            setattr(cfg, key, coerce(value, field_type(cfg, key), key))
+
+
+def _unknown_fix(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown setting; {hint}known: {', '.join(names)}"
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "give the path of an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", str(path), f"fix the YAML: {exc}") from None
+    return data or {}
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Rebuild a resolved config (as stored in run.json)."""
+    cfg = RunConfig()
+    apply_mapping(cfg, data, "run.json config")
+    return cfg

@@ -1,0 +1,128 @@
+"""Load a tokenizer and a model with the right head for the task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftlab.assets import ModelSource
+from peftlab.errors import AssetError, ConfigError
+
+ENCODER_TYPES = {
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "deberta",
+    "deberta-v2",
+    "electra",
+    "albert",
+    "mpnet",
+    "camembert",
+    "modernbert",
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    kind: str  # "causal_lm" | "encoder" | "seq2seq"
+    model_type: str
+    head: str  # "label_words" | "linear"
+
+
+def load_config(source: ModelSource):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.path)
+    except Exception as exc:
+        where = "folder" if source.local else "Hub id"
+        raise AssetError(
+            f"cannot load model {where} '{source.name}': {_first_line(exc)}. Use a built-in "
+            "name (see `peftlab models`), a folder written by save_pretrained, or a Hub id "
+            "where the Hub is reachable"
+        ) from None
+
+
+def model_kind(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    architectures = config.architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal_lm"
+    if config.model_type in ENCODER_TYPES:
+        return "encoder"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return "causal_lm" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
+
+
+def resolve_head(requested: str, kind: str, model_name: str) -> str:
+    if requested == "auto":
+        return "label_words" if kind == "causal_lm" else "linear"
+    if requested == "label_words" and kind != "causal_lm":
+        raise ConfigError(
+            "model.head",
+            requested,
+            f"label-word scoring needs a causal LM and '{model_name}' is an {kind}; "
+            "use --head linear",
+        )
+    return requested
+
+
+def load_tokenizer(source: ModelSource, padding_side: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+    except Exception as exc:
+        raise AssetError(
+            f"cannot load the tokenizer of '{source.name}': {_first_line(exc)}"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = padding_side
+    # Keep the end of a prompt (where label words are scored) when truncating.
+    tokenizer.truncation_side = "left" if padding_side == "left" else "right"
+    return tokenizer
+
+
+def load_model(
+    source: ModelSource, info: ModelInfo, label_names: list[str], tokenizer, allow_pickle: bool
+):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs = {"use_safetensors": None if allow_pickle else True}
+    if info.head == "linear":
+        auto = AutoModelForSequenceClassification
+        kwargs.update(
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    else:
+        auto = AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(source.path, **kwargs)
+    except OSError as exc:
+        message = _first_line(exc)
+        if not allow_pickle and ("safetensors" in message or ".bin" in message):
+            raise AssetError(
+                f"model '{source.name}' has no safetensors weights; peftlab does not load "
+                "pickled weights by default. Pass --allow-pickle if you trust the files"
+            ) from None
+        raise AssetError(f"cannot load model '{source.name}': {message}") from None
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,117 @@
+"""The run record (run.json): the public, reproducible account of one run.
+
+It is written at every milestone (start, baseline, training, test, adapter), atomically,
+so a killed run leaves a valid record that says how far it got, and `--resume` picks up
+from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from peftlab.errors import PeftlabError
+from peftlab.fsutil import write_json_atomic
+
+FORMAT_VERSION = 1
+RECORD_FILE = "run.json"
+PACKAGES = (
+    "peftlab",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+)
+
+
+class RunRecord(dict):
+    """A dict with a home: `save()` writes it to <run_dir>/run.json atomically."""
+
+    def __init__(self, run_dir: Path, data: dict):
+        super().__init__(data)
+        self.run_dir = Path(run_dir)
+
+    @classmethod
+    def start(cls, run_dir: Path, config: dict) -> RunRecord:
+        record = cls(
+            run_dir,
+            {
+                "format_version": FORMAT_VERSION,
+                "status": "running",
+                "started_at": now(),
+                "config": config,
+            },
+        )
+        record.save()
+        return record
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunRecord:
+        path = Path(run_dir) / RECORD_FILE
+        if not path.is_file():
+            raise PeftlabError(f"'{run_dir}' is not a run directory: it has no {RECORD_FILE}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PeftlabError(f"{path} is not valid JSON: {exc}") from None
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise PeftlabError(
+                f"{path} was written by a newer peftlab (format {data['format_version']}); "
+                "upgrade peftlab to read it"
+            )
+        return cls(run_dir, data)
+
+    def save(self) -> None:
+        self["updated_at"] = now()
+        write_json_atomic(self.run_dir / RECORD_FILE, dict(self))
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(seed: int, model_sha256: str | None, data_sha256: str) -> dict:
+    env = {
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "seed": seed,
+        "model_sha256": model_sha256,
+        "data_sha256": data_sha256,
+    }
+    return env

@@ -1,0 +1,149 @@
+"""Run record -> report.md with plots (loss.png, before_after.png), and the console table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftlab.fsutil import write_text_atomic
+
+METRIC_ROWS = (
+    ("accuracy", "{:.4f}"),
+    ("f1", "{:.4f}"),
+    ("loss", "{:.4f}"),
+    ("runtime_s", "{:.1f}"),
+    ("samples_per_s", "{:.2f}"),
+    ("steps_per_s", "{:.2f}"),
+    ("peak_memory_mb", "{:.0f}"),
+)
+
+
+def before_after_table(record: dict) -> str:
+    before, after = record["before"], record["after"]
+    lines = ["| metric | base model | tuned | change |", "|---|---:|---:|---:|"]
+    for key, fmt in METRIC_ROWS:
+        b, a = before.get(key), after.get(key)
+        if b is None or a is None:
+            continue
+        lines.append(f"| {key} | {fmt.format(b)} | {fmt.format(a)} | {a - b:+.4g} |")
+    return "\n".join(lines)
+
+
+def cost_table(record: dict) -> str:
+    t, adapter = record["train"], record["adapter"]
+    rows = [
+        (
+            "trainable parameters",
+            f"{t['trainable_params']:,} of {t['total_params']:,} ({t['trainable_percent']:.4f}%)",
+        ),
+        ("train runtime", f"{t['runtime_s']:.1f} s ({t['steps']} steps, {t['samples']} samples)"),
+        ("train throughput", f"{t['samples_per_s']:.2f} samples/s, {t['steps_per_s']:.3f} steps/s"),
+        ("train peak memory", f"{t['peak_memory_mb']:.0f} MB"),
+        ("adapter size", f"{adapter['size_mb']:.2f} MB ({adapter['format']})"),
+        ("best validation", f"{t['best_validation']} at step {t['best_step']}"),
+    ]
+    return "\n".join(["| cost | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def write_report(record) -> Path:
+    run_dir = Path(record.run_dir)
+    plots = [
+        name
+        for name, draw in (("loss.png", plot_loss), ("before_after.png", plot_bars))
+        if draw(record, run_dir / name)
+    ]
+    cfg = record["config"]
+    env = record["environment"]
+    text = [
+        f"# peftlab run: {cfg['method']['name']} on {cfg['model']['name']} / {cfg['data']['name']}",
+        "",
+        f"Test split: {record['before']['samples']} examples. Data sha256 "
+        f"`{env['data_sha256'][:16]}`, model sha256 `{(env['model_sha256'] or 'n/a')[:16]}`, "
+        f"seed {env['seed']}.",
+        "",
+        "## Before and after",
+        "",
+        before_after_table(record),
+        "",
+        "## Cost",
+        "",
+        cost_table(record),
+        "",
+    ]
+    text += [f"![{name}]({name})\n" for name in plots]
+    text += [
+        "## Environment",
+        "",
+        f"python {env['python']}, {env['cpu']} "
+        f"({env['cpu_count']} CPUs, {env['torch_threads']} torch threads), "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v),
+        "",
+    ]
+    path = run_dir / "report.md"
+    write_text_atomic(path, "\n".join(text))
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(record: dict, path: Path) -> bool:
+    history = record["train"]["history"]
+    if not history:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], alpha=0.35, label="train loss (per step)")
+    window = max(1, len(history) // 20)
+    smooth = [
+        sum(h["loss"] for h in history[max(0, i - window + 1) : i + 1])
+        / len(history[max(0, i - window + 1) : i + 1])
+        for i in range(len(history))
+    ]
+    ax.plot(steps, smooth, label=f"train loss (mean of {window})")
+    evals = record["train"]["evals"]
+    if evals:
+        ax.plot(
+            [e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="validation loss"
+        )
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_bars(record: dict, path: Path) -> bool:
+    plt = _pyplot()
+    keys = ["accuracy", "f1"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = range(len(keys))
+    before = [record["before"][k] for k in keys]
+    after = [record["after"][k] for k in keys]
+    ax.bar([i - 0.2 for i in x], before, width=0.4, label="base model")
+    ax.bar([i + 0.2 for i in x], after, width=0.4, label="tuned")
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        ax.text(i - 0.2, b, f"{b:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i + 0.2, a, f"{a:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), keys)
+    ax.set_ylim(0, 1.08)
+    ax.set_title("test split")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)

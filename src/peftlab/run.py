@@ -1,0 +1,185 @@
+"""`peftlab run`: load -> evaluate -> attach a method -> train -> evaluate -> record.
+
+Reads top to bottom like the algorithm. Every milestone is written to run.json at once,
+so `peftlab run --resume RUN_DIR` after a crash (even kill -9) skips what is done and
+continues training from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from peftlab import assets, data, models
+from peftlab.artifact import save_artifact
+from peftlab.config import RunConfig, from_dict
+from peftlab.errors import PeftlabError
+from peftlab.evaluate import evaluate
+from peftlab.methods import get_method
+from peftlab.models import count_parameters
+from peftlab.record import RunRecord, environment
+from peftlab.report import write_report
+from peftlab.tasks.classification import ClassificationTask, LabelWordHead, LinearHead
+from peftlab.train import train
+
+
+def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
+    run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
+    record = start_record(run_dir, cfg)
+    log(f"run directory: {run_dir}")
+    seed_everything(cfg.train.seed)
+
+    source = assets.resolve_model(cfg.model.name)
+    info = model_info(source, cfg)
+    method = get_method(cfg.method.name)
+    dataset = data.load(cfg.data)
+    log(f"data: {dataset.description}: {dataset.sizes} examples, labels {dataset.label_names}")
+
+    tokenizer = models.load_tokenizer(source, padding_side=head_class(info).padding_side)
+    task = build_task(cfg, info, dataset, tokenizer)
+    model = models.load_model(source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle)
+    items = {name: task.encode(rows) for name, rows in dataset.splits.items()}
+    record["environment"] = environment(
+        cfg.train.seed, assets.model_fingerprint(source), dataset.sha256
+    )
+    record["data"] = {
+        "description": dataset.description,
+        "sizes": dataset.sizes,
+        "label_names": dataset.label_names,
+        "template": task.template,
+        "label_words": getattr(task.head, "label_words", None),
+    }
+
+    if "before" not in record:
+        log("evaluating the base model on the test split...")
+        record["before"] = evaluate(
+            model,
+            task,
+            items["test"],
+            cfg.train.eval_batch_size,
+            cfg.train.precision,
+            desc="test (base)",
+        )
+        record.save()
+    log(summary_line("base", record["before"]))
+
+    seed_everything(cfg.train.seed)
+    model = method.attach(model, cfg.method, info)
+    trainable, total = count_parameters(model)
+    log(
+        f"{method.name}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.4f}%)"
+    )
+    result = train(
+        model, task, items["train"], items["validation"], cfg.train, run_dir / "checkpoint", log=log
+    )
+    record["train"] = {
+        **result,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100 * trainable / total, 6),
+    }
+    record.save()
+
+    record["after"] = evaluate(
+        model,
+        task,
+        items["test"],
+        cfg.train.eval_batch_size,
+        cfg.train.precision,
+        desc="test (tuned)",
+    )
+    log(summary_line("tuned", record["after"]))
+    record["adapter"] = save_artifact(
+        model, tokenizer, run_dir / "adapter", manifest(cfg, info, record), method.peft
+    )
+    record["status"] = "done"
+    record.save()
+    write_report(record)
+    return record
+
+
+def resume(run_dir: str | Path, log=print) -> RunRecord:
+    record = RunRecord.open(run_dir)
+    if record.get("status") == "done":
+        log(f"{run_dir} already finished; nothing to resume")
+        return record
+    return run(from_dict(record["config"]).validate(), Path(run_dir), log)
+
+
+def start_record(run_dir: Path, cfg: RunConfig) -> RunRecord:
+    if (run_dir / "run.json").exists():
+        record = RunRecord.open(run_dir)
+        if record["config"] != cfg.to_dict():
+            raise PeftlabError(
+                f"'{run_dir}' already holds a run with another config; choose a new --out, "
+                f"or continue that run with: peftlab run --resume {run_dir}"
+            )
+        return record
+    return RunRecord.start(run_dir, cfg.to_dict())
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.run_name()}"
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def model_info(source: assets.ModelSource, cfg: RunConfig) -> models.ModelInfo:
+    config = models.load_config(source)
+    kind = models.model_kind(config)
+    if kind == "seq2seq":
+        raise PeftlabError(
+            f"'{cfg.model.name}' is an encoder-decoder model; classification supports decoder "
+            "LMs and encoders"
+        )
+    head = models.resolve_head(cfg.model.head, kind, cfg.model.name)
+    return models.ModelInfo(kind=kind, model_type=config.model_type, head=head)
+
+
+def head_class(info: models.ModelInfo):
+    return LabelWordHead if info.head == "label_words" else LinearHead
+
+
+def build_task(cfg: RunConfig, info, dataset: data.LabeledData, tokenizer) -> ClassificationTask:
+    if info.head == "label_words":
+        words = cfg.data.label_words or dataset.label_words or dataset.label_names
+        if len(words) != len(dataset.label_names):
+            raise PeftlabError(
+                f"data.label_words has {len(words)} words for {len(dataset.label_names)} labels "
+                f"{dataset.label_names}; give one word per label"
+            )
+        head = LabelWordHead(tokenizer, words)
+        template = cfg.data.template or dataset.template or "Text: {text}\nLabel:"
+    else:
+        head = LinearHead()
+        template = cfg.data.template or "{text}"
+    return ClassificationTask(tokenizer, head, dataset.label_names, template, cfg.model.max_length)
+
+
+def manifest(cfg: RunConfig, info: models.ModelInfo, record: RunRecord) -> dict:
+    data_info = record["data"]
+    return {
+        "base_model": cfg.model.name,
+        "base_model_sha256": record["environment"]["model_sha256"],
+        "model_kind": info.kind,
+        "task": "classification",
+        "head": info.head,
+        "method": cfg.method.name,
+        "label_names": data_info["label_names"],
+        "template": data_info["template"],
+        "label_words": data_info["label_words"],
+        "max_length": cfg.model.max_length,
+        "metrics": {k: record["after"][k] for k in ("accuracy", "f1", "loss")},
+    }
+
+
+def summary_line(name: str, metrics: dict) -> str:
+    return (
+        f"{name}: accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  "
+        f"loss {metrics['loss']:.4f}  ({metrics['samples_per_s']:.1f} samples/s)"
+    )

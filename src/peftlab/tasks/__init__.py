@@ -1,0 +1,1 @@
+"""One small module per task: how to build inputs and labels, and how to score."""

@@ -1,0 +1,129 @@
+"""Text classification: inputs, label logits, loss and scores.
+
+Two heads behind one interface:
+- LabelWordHead scores the next-token logits of one word per label after a prompt
+  ("Review: ...\\nSentiment:" -> " positive" / " negative"). No new weights, so the base
+  model is meaningful before training, and training sharpens the same scores.
+- LinearHead uses a sequence-classification model's own trained linear layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from peftlab.data import Example
+from peftlab.errors import ConfigError
+
+
+class LabelWordHead:
+    padding_side = "left"  # the scored position is the last one in every row
+
+    def __init__(self, tokenizer, label_words: list[str]):
+        self.label_words = label_words
+        self.token_ids = first_token_ids(tokenizer, label_words)
+
+    def logits(self, model, batch: dict) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        # Left padding shifts the text right: give the real tokens positions 0, 1, 2...
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, self.token_ids].float()
+
+
+class LinearHead:
+    padding_side = "right"
+
+    def logits(self, model, batch: dict) -> torch.Tensor:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.logits.float()
+
+
+def first_token_ids(tokenizer, label_words: list[str]) -> list[int]:
+    """The first token of ' word' for each label word; they must all differ."""
+    ids = []
+    for word in label_words:
+        tokens = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ConfigError("data.label_words", word, "give a word the tokenizer can encode")
+        ids.append(tokens[0])
+    seen: dict[int, str] = {}
+    for word, token in zip(label_words, ids, strict=True):
+        if token in seen:
+            raise ConfigError(
+                "data.label_words",
+                label_words,
+                f"'{seen[token]}' and '{word}' start with the same token; choose label words "
+                "that differ in their first token (--label-words)",
+            )
+        seen[token] = word
+    return ids
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    label: int
+
+
+class ClassificationTask:
+    name = "classification"
+    metric = "accuracy"  # what "best" means during training
+
+    def __init__(self, tokenizer, head, label_names: list[str], template: str, max_length: int):
+        self.tokenizer = tokenizer
+        self.head = head
+        self.label_names = label_names
+        self.template = template
+        self.max_length = max_length
+
+    def format(self, text: str) -> str:
+        return self.template.replace("{text}", text)
+
+    def encode(self, examples: list[Example]) -> list[Encoded]:
+        prompts = [self.format(ex.text) for ex in examples]
+        ids = self.tokenizer(prompts, truncation=True, max_length=self.max_length)["input_ids"]
+        return [Encoded(i, ex.label) for i, ex in zip(ids, examples, strict=True)]
+
+    def collate(self, items: list[Encoded]) -> dict:
+        batch = self.tokenizer.pad(
+            {"input_ids": [it.input_ids for it in items]}, return_tensors="pt"
+        )
+        batch["labels"] = torch.tensor([it.label for it in items])
+        return dict(batch)
+
+    def logits(self, model, batch: dict) -> torch.Tensor:
+        return self.head.logits(model, batch)
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(logits, batch["labels"])
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+        loss = F.cross_entropy(logits, labels).item()
+        preds = logits.argmax(-1).numpy()
+        gold = labels.numpy()
+        return {
+            "accuracy": float((preds == gold).mean()),
+            "f1": macro_f1(preds, gold, len(self.label_names)),
+            "loss": loss,
+        }
+
+
+def macro_f1(preds: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
+    scores = []
+    for label in range(num_labels):
+        tp = np.sum((preds == label) & (gold == label))
+        fp = np.sum((preds == label) & (gold != label))
+        fn = np.sum((preds != label) & (gold == label))
+        if tp + fp + fn == 0:
+            continue  # a label absent from both predictions and gold: no evidence either way
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0

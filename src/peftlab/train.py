@@ -1,0 +1,288 @@
+"""ONE training loop for every method (accelerate underneath).
+
+AdamW with weight decay, warmup then decay, gradient accumulation, epochs or max steps,
+validation every N steps keeping the best weights, and checkpoints that a killed run
+resumes from bit-for-bit: only trainable weights, optimizer, scheduler, RNG and loop
+position are saved, so a checkpoint of a LoRA run is megabytes, not the whole model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from peftlab.config import TrainArgs
+from peftlab.evaluate import autocast, evaluate
+from peftlab.fsutil import write_dir_atomic, write_json_atomic
+from peftlab.resources import Meter
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved with every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    window: int = 0  # accumulation windows done in this epoch
+    samples: int = 0
+    train_seconds: float = 0.0  # time in forward/backward/step only
+    history: list = field(default_factory=list)  # one entry per optimizer step
+    evals: list = field(default_factory=list)  # one entry per validation
+    best_metric: float | None = None
+    best_step: int | None = None
+
+
+def epoch_windows(
+    lengths: list[int], batch_size: int, grad_accum: int, seed: int, epoch: int
+) -> list[list[list[int]]]:
+    """Length-grouped batches in a seeded order, grouped into accumulation windows.
+
+    Examples are shuffled, then sorted by length inside chunks of 50 batches so a batch
+    holds similar lengths (little padding) while the order stays random.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise RuntimeError(f"checkpoint names parameters this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def make_optimizer(model, args: TrainArgs) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            # No weight decay on biases and norm scales (standard AdamW practice).
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
+
+
+def make_scheduler(optimizer, args: TrainArgs, total_steps: int):
+    warmup = round(args.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if args.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if args.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Checkpoints:
+    """checkpoint/ in the run directory: written atomically, read on resume."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").is_file()
+
+    def save(self, model, optimizer, scheduler, state: LoopState, best: dict | None) -> None:
+        def fill(tmp: Path) -> None:
+            save_file(trainable_state(model), tmp / "trainable.safetensors")
+            if best is not None:
+                save_file(best, tmp / "best.safetensors")
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp / "optimizer.pt",
+            )
+            write_json_atomic(tmp / "state.json", asdict(state))
+
+        write_dir_atomic(self.folder, fill)
+
+    def load(self, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
+        import json
+
+        load_trainable_state(model, load_file(self.folder / "trainable.safetensors"))
+        # Our own file of tensors and numbers: weights_only loading, no arbitrary pickle.
+        extra = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        state = LoopState(**json.loads((self.folder / "state.json").read_text()))
+        best_file = self.folder / "best.safetensors"
+        return state, load_file(best_file) if best_file.exists() else None
+
+
+def train(
+    model, task, train_items, val_items, args: TrainArgs, checkpoint_dir: Path, log=print
+) -> dict:
+    """Train `model` in place; return the training record (timing, history, best)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    lengths = [len(it.input_ids) for it in train_items]
+    windows_per_epoch = len(epoch_windows(lengths, args.batch_size, args.grad_accum, 0, 0))
+    windows_per_epoch //= accelerator.num_processes
+    total_steps = args.max_steps or math.ceil(args.epochs * windows_per_epoch)
+
+    optimizer = make_optimizer(model, args)
+    scheduler = make_scheduler(optimizer, args, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    checkpoints = Checkpoints(checkpoint_dir)
+    state, best = LoopState(), None
+    if checkpoints.exists():
+        state, best = checkpoints.load(accelerator.unwrap_model(model), optimizer, scheduler)
+        log(f"resumed from {checkpoint_dir} at step {state.step}/{total_steps}")
+
+    def validate() -> None:
+        nonlocal best
+        metrics = evaluate(
+            accelerator.unwrap_model(model),
+            task,
+            val_items,
+            args.eval_batch_size,
+            args.precision,
+            device,
+            desc="validate",
+        )
+        entry = {
+            "step": state.step,
+            "epoch": state.epoch,
+            **{k: metrics[k] for k in ("accuracy", "f1", "loss")},
+        }
+        state.evals.append(entry)
+        value = metrics[task.metric]
+        if state.best_metric is None or value > state.best_metric:
+            state.best_metric, state.best_step = value, state.step
+            if args.keep_best:
+                best = trainable_state(accelerator.unwrap_model(model))
+        log(
+            f"step {state.step}: validation {task.metric} {value:.4f} (best {state.best_metric:.4f}"
+            f" at step {state.best_step})"
+        )
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=None)
+    with Meter() as meter:
+        while state.step < total_steps:
+            windows = epoch_windows(
+                lengths, args.batch_size, args.grad_accum, args.seed, state.epoch
+            )
+            windows = windows[accelerator.process_index :: accelerator.num_processes]
+            windows = windows[:windows_per_epoch]
+            for window in windows[state.window :]:
+                started = time.perf_counter()
+                loss = train_step(
+                    model, task, train_items, window, optimizer, scheduler, accelerator, args
+                )
+                state.train_seconds += time.perf_counter() - started
+                state.window += 1
+                state.step += 1
+                state.samples += sum(len(b) for b in window) * accelerator.num_processes
+                state.history.append(
+                    {
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": loss,
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                done = state.step >= total_steps
+                end_of_epoch = state.window == len(windows)
+                if (
+                    (args.eval_every and state.step % args.eval_every == 0)
+                    or (not args.eval_every and end_of_epoch)
+                    or done
+                ) and (not state.evals or state.evals[-1]["step"] != state.step):
+                    validate()
+                if args.checkpoint_every and (state.step % args.checkpoint_every == 0 or done):
+                    if accelerator.is_main_process:
+                        checkpoints.save(
+                            accelerator.unwrap_model(model), optimizer, scheduler, state, best
+                        )
+                    accelerator.wait_for_everyone()
+                if done:
+                    break
+            else:
+                state.epoch += 1
+                state.window = 0
+    bar.close()
+
+    unwrapped = accelerator.unwrap_model(model)
+    if args.keep_best and best is not None and state.best_step != state.step:
+        load_trainable_state(unwrapped, best)
+        log(
+            f"kept the best weights: step {state.best_step} ({task.metric} {state.best_metric:.4f})"
+        )
+    return {
+        "runtime_s": round(meter.seconds, 3),
+        "train_compute_s": round(state.train_seconds, 3),
+        "samples": state.samples,
+        "steps": state.step,
+        "epochs": round(state.samples / max(1, len(train_items)), 3),
+        "samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
+        "steps_per_s": round(state.step / max(state.train_seconds, 1e-9), 3),
+        "peak_memory_mb": round(meter.peak_memory_mb, 1),
+        "best_step": state.best_step,
+        "best_validation": state.best_metric,
+        "num_processes": accelerator.num_processes,
+        "history": state.history,
+        "evals": state.evals,
+    }
+
+
+def train_step(model, task, items, window, optimizer, scheduler, accelerator, args) -> float:
+    """One optimizer step over an accumulation window; returns the window's mean loss."""
+    total = sum(len(b) for b in window)
+    loss_sum = 0.0
+    for i, indices in enumerate(window):
+        batch = {
+            k: v.to(accelerator.device)
+            for k, v in task.collate([items[j] for j in indices]).items()
+        }
+        last = i == len(window) - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with sync, autocast(args.precision, accelerator.device):
+            loss = task.loss(task.logits(model, batch), batch)
+            # Weight by batch share so a window equals one big batch of `total` examples.
+            accelerator.backward(loss * len(indices) / total)
+        loss_sum += loss.item() * len(indices)
+    if args.max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / total
