@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from peftlab import __version__
 from peftlab.config import (
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Library deprecation chatter is for library authors, not for peftlab users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         import transformers
 

@@ -7,6 +7,7 @@ continues training from the last checkpoint.
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
     record["status"] = "done"
     record.save()
     write_report(record)
+    # The checkpoint only serves --resume; a finished run no longer needs it (for `full`
+    # it holds the whole model and its optimizer state).
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return record
 
 

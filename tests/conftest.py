@@ -1,0 +1,32 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return tiny.make_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return tiny.make_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    return tiny.write_csv(folder / "sentiment.csv", tiny.sentiment_rows(240))
+
+
+@pytest.fixture
+def peftlab_home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("PEFTLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"

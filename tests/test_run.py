@@ -1,0 +1,127 @@
+"""End-to-end `peftlab run` on tiny in-process models and a local CSV."""
+
+import json
+
+import pytest
+import torch
+
+from peftlab.cli import main
+
+RECORD_KEYS = {
+    "before": {"accuracy", "f1", "loss", "runtime_s", "samples_per_s", "steps_per_s"},
+    "train": {
+        "runtime_s",
+        "samples_per_s",
+        "steps_per_s",
+        "peak_memory_mb",
+        "trainable_params",
+        "total_params",
+        "trainable_percent",
+        "history",
+    },
+    "adapter": {"path", "size_mb"},
+    "environment": {"packages", "python", "cpu", "seed", "model_sha256", "data_sha256"},
+}
+
+
+def run_cli(model, data, out, *extra):
+    """Run on the whole tiny dataset; later flags (extra) override the earlier ones."""
+    args = [
+        "run",
+        "--model",
+        str(model),
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "10",
+        "--epochs",
+        "3",
+        "--lr",
+        "5e-3",
+        "--test-samples",
+        "0",
+        "--validation-samples",
+        "0",
+        "--train-samples",
+        "0",
+        *extra,
+    ]
+    assert main(args) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_label_word_run_on_tiny_llama(tiny_llama, sentiment_csv, tmp_path, method):
+    record = run_cli(
+        tiny_llama,
+        sentiment_csv,
+        tmp_path / "run",
+        "--method",
+        method,
+        "--template",
+        "review: {text} sentiment:",
+    )
+    for section, keys in RECORD_KEYS.items():
+        assert keys <= set(record[section]), section
+    assert record["after"].keys() >= RECORD_KEYS["before"]
+    assert record["status"] == "done"
+    assert record["config"]["method"]["name"] == method
+    assert record["data"]["label_names"] == ["negative", "positive"]
+    # A separable toy task: training must beat the random tiny model clearly.
+    assert record["after"]["accuracy"] >= 0.9 > record["before"]["accuracy"]
+    assert record["train"]["history"] and record["train"]["evals"]
+    if method == "lora":
+        assert 0 < record["train"]["trainable_percent"] < 50
+    else:
+        assert record["train"]["trainable_percent"] == 100
+    for name in ("report.md", "loss.png", "before_after.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_csv, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    # A random tiny BERT needs a bolder rate than the default to move its CLS features.
+    record = run_cli(tiny_bert, sentiment_csv, tmp_path / "run", "--lr", "2e-2", "--epochs", "4")
+    assert record["after"]["accuracy"] >= 0.9
+    adapter = tmp_path / "run" / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    manifest = json.loads((adapter / "peftlab.json").read_text())
+    assert manifest["label_names"] == ["negative", "positive"] and manifest["head"] == "linear"
+
+    # The classification head travels with the adapter: plain peft reproduces the scores.
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    texts = ["the movie was great and fun", "a dull and boring plot"]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    assert logits.argmax(-1).tolist() == [1, 0]
+
+
+def test_rerun_into_same_dir_with_other_config_is_refused(
+    tiny_llama, sentiment_csv, tmp_path, capsys
+):
+    run_cli(tiny_llama, sentiment_csv, tmp_path / "run", "--max-steps", "2")
+    code = main(
+        [
+            "run",
+            "--model",
+            str(tiny_llama),
+            "--dataset",
+            str(sentiment_csv),
+            "--out",
+            str(tmp_path / "run"),
+            "--lr",
+            "1e-3",
+        ]
+    )
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""Tiny models, tokenizers and datasets built in-process: the unit tests need no download."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+POSITIVE = "good great fun moving brilliant superb charming delightful".split()
+NEGATIVE = "bad awful boring dull weak tedious clumsy lifeless".split()
+NEUTRAL = "the a movie film plot actors story scenes is was and with this".split()
+TEMPLATE_WORDS = "review sentiment text label article topic : positive negative".split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
+
+
+def make_tokenizer(kind: str):
+    """A word-level fast tokenizer over the tiny vocabulary; BERT-style for encoders."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIALS + sorted(set(POSITIVE + NEGATIVE + NEUTRAL + TEMPLATE_WORDS))
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]
+    )
+    if kind == "encoder":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+
+
+def make_llama(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer("decoder")
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=4,
+        eos_token_id=5,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_bert(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = make_tokenizer("encoder")
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    model = BertModel(config)
+    model.config.architectures = ["BertModel"]
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Separable toy sentiment: each text mixes neutral words with 1-3 polar ones."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        polar = POSITIVE if positive else NEGATIVE
+        words = rng.sample(NEUTRAL, 4) + rng.sample(polar, rng.randint(1, 3))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "positive" if positive else "negative"})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
