@@ -26,8 +26,7 @@ from peftlab.train import train
 
 def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
     run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
-    record = start_record(run_dir, cfg)
-    log(f"run directory: {run_dir}")
+    check_run_dir(run_dir, cfg)
     seed_everything(cfg.train.seed)
 
     source = assets.resolve_model(cfg.model.name)
@@ -40,6 +39,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
     task = build_task(cfg, info, dataset, tokenizer)
     model = models.load_model(source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle)
     items = {name: task.encode(rows) for name, rows in dataset.splits.items()}
+
+    # Everything a user can get wrong has been checked: only now create the run directory.
+    record = open_record(run_dir, cfg)
+    log(f"run directory: {run_dir}")
     record["environment"] = environment(
         cfg.train.seed, assets.model_fingerprint(source), dataset.sha256
     )
@@ -111,15 +114,18 @@ def resume(run_dir: str | Path, log=print) -> RunRecord:
     return run(from_dict(record["config"]).validate(), Path(run_dir), log)
 
 
-def start_record(run_dir: Path, cfg: RunConfig) -> RunRecord:
+def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """A run directory is reused only by the same config (that is, by --resume)."""
+    if (run_dir / "run.json").exists() and RunRecord.open(run_dir)["config"] != cfg.to_dict():
+        raise PeftlabError(
+            f"'{run_dir}' already holds a run with another config; choose a new --out, "
+            f"or continue that run with: peftlab run --resume {run_dir}"
+        )
+
+
+def open_record(run_dir: Path, cfg: RunConfig) -> RunRecord:
     if (run_dir / "run.json").exists():
-        record = RunRecord.open(run_dir)
-        if record["config"] != cfg.to_dict():
-            raise PeftlabError(
-                f"'{run_dir}' already holds a run with another config; choose a new --out, "
-                f"or continue that run with: peftlab run --resume {run_dir}"
-            )
-        return record
+        return RunRecord.open(run_dir)
     return RunRecord.start(run_dir, cfg.to_dict())
 
 
