@@ -116,3 +116,23 @@ def test_builtin_datasets_load():
     assert sum(rt.sizes.values()) == 12752
     bbc = load(DataArgs(name="bbc_news", train_samples=0, validation_samples=0, test_samples=0))
     assert len(bbc.label_names) == 5 and sum(bbc.sizes.values()) == 2225
+
+
+def test_hub_dataset_splits_and_class_names(monkeypatch):
+    """The Hub is unreachable here: isolate the loader by handing it a DatasetDict."""
+    import datasets
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    rows = {"text": [f"t{i}" for i in range(40)], "label": [i % 2 for i in range(40)]}
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows, features=features),
+            "test": datasets.Dataset.from_dict(rows, features=features).select(range(10)),
+        }
+    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
+    data = load(args("someone/reviews"))
+    assert data.label_names == ["neg", "pos"]
+    assert data.sizes == {"train": 36, "validation": 4, "test": 10}

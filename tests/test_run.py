@@ -96,14 +96,25 @@ def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_cs
     manifest = json.loads((adapter / "peftlab.json").read_text())
     assert manifest["label_names"] == ["negative", "positive"] and manifest["head"] == "linear"
 
-    # The classification head travels with the adapter: plain peft reproduces the scores.
+    # The classification head travels with the adapter: plain peft reproduces the test score.
+    from peftlab.config import DataArgs
+    from peftlab.data import load
+
+    test = load(
+        DataArgs(name=str(sentiment_csv), train_samples=0, validation_samples=0, test_samples=0)
+    ).splits["test"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     model = PeftModel.from_pretrained(base, adapter).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    texts = ["the movie was great and fun", "a dull and boring plot"]
+    inputs = tokenizer([ex.text for ex in test], return_tensors="pt", padding=True)
     with torch.no_grad():
-        logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
-    assert logits.argmax(-1).tolist() == [1, 0]
+        logits = model(**inputs).logits
+        with model.disable_adapter():
+            bare = model(**inputs).logits
+    gold = torch.tensor([ex.label for ex in test])
+    accuracy = (logits.argmax(-1) == gold).float().mean().item()
+    assert accuracy == pytest.approx(record["after"]["accuracy"])
+    assert not torch.allclose(logits, bare)
 
 
 def test_rerun_into_same_dir_with_other_config_is_refused(
@@ -125,3 +136,25 @@ def test_rerun_into_same_dir_with_other_config_is_refused(
     )
     assert code == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_target_modules_matching_nothing_is_refused_before_anything_runs(
+    tiny_llama, sentiment_csv, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--model",
+            str(tiny_llama),
+            "--dataset",
+            str(sentiment_csv),
+            "--out",
+            str(out),
+            "--target-modules",
+            "qkv_proj",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "method.target_modules" in err and "q_proj" in err
+    assert not out.exists()

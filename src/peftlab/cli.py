@@ -145,13 +145,15 @@ def quiet_libraries() -> None:
     # Library deprecation chatter is for library authors, not for peftlab users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        import transformers
+    import datasets
+    import huggingface_hub
+    import transformers
 
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # Retry chatter from an unreachable Hub would bury our one-line error.
+    huggingface_hub.utils.logging.set_verbosity_error()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

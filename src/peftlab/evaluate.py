@@ -50,4 +50,6 @@ def evaluate(
         steps_per_s=round(len(batches) / meter.seconds, 3),
         peak_memory_mb=round(meter.peak_memory_mb, 1),
     )
+    if meter.cuda_peak_memory_mb is not None:
+        metrics["cuda_peak_memory_mb"] = round(meter.cuda_peak_memory_mb, 1)
     return metrics

@@ -7,6 +7,7 @@ to METHODS; the CLI and `peftlab methods` read this dict.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,15 @@ METHODS: dict[str, Method] = {
         "full", "Full fine-tuning baseline: every weight trained", attach_full, peft=False
     ),
 }
+
+
+def base_model(model):
+    """Context in which `model` computes exactly what the base model computes."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.disable_adapter()
+    return contextlib.nullcontext()  # `full` before training is the base model itself
 
 
 def get_method(name: str) -> Method:

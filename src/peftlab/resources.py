@@ -16,6 +16,7 @@ class Meter:
         self.interval_s = interval_s
         self.seconds = 0.0
         self.peak_memory_mb = 0.0
+        self.cuda_peak_memory_mb: float | None = None
         self._process = psutil.Process()
         self._stop = threading.Event()
 

@@ -16,7 +16,7 @@ from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
 from peftlab.errors import PeftlabError
 from peftlab.evaluate import evaluate
-from peftlab.methods import get_method
+from peftlab.methods import base_model, get_method
 from peftlab.models import count_parameters
 from peftlab.record import RunRecord, environment
 from peftlab.report import write_report
@@ -24,7 +24,8 @@ from peftlab.tasks.classification import ClassificationTask, LabelWordHead, Line
 from peftlab.train import train
 
 
-def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
+def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
+    log = log or say
     run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
     check_run_dir(run_dir, cfg)
     seed_everything(cfg.train.seed)
@@ -38,7 +39,11 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
     tokenizer = models.load_tokenizer(source, padding_side=head_class(info).padding_side)
     task = build_task(cfg, info, dataset, tokenizer)
     model = models.load_model(source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle)
+    model.to(models.default_device())
     items = {name: task.encode(rows) for name, rows in dataset.splits.items()}
+    seed_everything(cfg.train.seed)
+    model = method.attach(model, cfg.method, info)
+    trainable, total = count_parameters(model)
 
     # Everything a user can get wrong has been checked: only now create the run directory.
     record = open_record(run_dir, cfg)
@@ -56,20 +61,18 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
 
     if "before" not in record:
         log("evaluating the base model on the test split...")
-        record["before"] = evaluate(
-            model,
-            task,
-            items["test"],
-            cfg.train.eval_batch_size,
-            cfg.train.precision,
-            desc="test (base)",
-        )
+        with base_model(model):
+            record["before"] = evaluate(
+                model,
+                task,
+                items["test"],
+                cfg.train.eval_batch_size,
+                cfg.train.precision,
+                desc="test (base)",
+            )
         record.save()
     log(summary_line("base", record["before"]))
 
-    seed_everything(cfg.train.seed)
-    model = method.attach(model, cfg.method, info)
-    trainable, total = count_parameters(model)
     log(
         f"{method.name}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.4f}%)"
@@ -106,12 +109,17 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=print) -> RunRecord:
     return record
 
 
-def resume(run_dir: str | Path, log=print) -> RunRecord:
+def resume(run_dir: str | Path, log=None) -> RunRecord:
+    log = log or say
     record = RunRecord.open(run_dir)
     if record.get("status") == "done":
         log(f"{run_dir} already finished; nothing to resume")
         return record
     return run(from_dict(record["config"]).validate(), Path(run_dir), log)
+
+
+def say(message: str) -> None:
+    print(message, flush=True)  # flushed: progress shows up in logs and pipes at once
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:

@@ -9,6 +9,7 @@ position are saved, so a checkpoint of a LoRA run is megabytes, not the whole mo
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -130,8 +131,6 @@ class Checkpoints:
         write_dir_atomic(self.folder, fill)
 
     def load(self, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
-        import json
-
         load_trainable_state(model, load_file(self.folder / "trainable.safetensors"))
         # Our own file of tensors and numbers: weights_only loading, no arbitrary pickle.
         extra = torch.load(self.folder / "optimizer.pt", weights_only=True)
@@ -153,7 +152,7 @@ def train(
     device = accelerator.device
     lengths = [len(it.input_ids) for it in train_items]
     windows_per_epoch = len(epoch_windows(lengths, args.batch_size, args.grad_accum, 0, 0))
-    windows_per_epoch //= accelerator.num_processes
+    windows_per_epoch = max(1, windows_per_epoch // accelerator.num_processes)
     total_steps = args.max_steps or math.ceil(args.epochs * windows_per_epoch)
 
     optimizer = make_optimizer(model, args)
@@ -265,6 +264,7 @@ def train(
         "peak_memory_mb": round(meter.peak_memory_mb, 1),
         "best_step": state.best_step,
         "best_validation": state.best_metric,
+        "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
         "num_processes": accelerator.num_processes,
         "history": state.history,
         "evals": state.evals,

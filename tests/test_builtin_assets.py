@@ -1,0 +1,59 @@
+"""Slow tests on the real built-in assets: they assert real improvement.
+
+The first is exactly `peftlab run` with no arguments (what `make demo` runs): SmolLM2-135M
+zero-shot on Rotten Tomatoes, then LoRA. The README's numbers come from this run.
+"""
+
+import json
+
+import pytest
+
+from peftlab.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_run_improves_smollm2_on_rotten_tomatoes(tmp_path):
+    out = tmp_path / "default"
+    assert main(["run", "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    before, after = record["before"]["accuracy"], record["after"]["accuracy"]
+    assert 0.70 <= before <= 0.82, "zero-shot label-word scoring should already work"
+    assert after >= 0.80
+    assert after - before >= 0.05
+    assert record["after"]["f1"] > record["before"]["f1"]
+    assert record["environment"]["model_sha256"] and record["adapter"]["size_mb"] < 20
+
+
+def test_minilm_learns_bbc_news_topics(tmp_path):
+    out = tmp_path / "bbc"
+    argv = [
+        "run",
+        "--model",
+        "minilm-l6",
+        "--dataset",
+        "bbc_news",
+        "--out",
+        str(out),
+        "--train-samples",
+        "400",
+        "--test-samples",
+        "300",
+        "--validation-samples",
+        "100",
+        "--lr",
+        "2e-3",
+        "--eval-every",
+        "25",
+    ]
+    assert main(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["data"]["label_names"] == [
+        "business",
+        "entertainment",
+        "politics",
+        "sports",
+        "tech",
+    ]
+    assert record["before"]["accuracy"] < 0.5  # an untrained linear head
+    assert record["after"]["accuracy"] >= 0.9
