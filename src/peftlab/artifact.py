@@ -5,20 +5,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from peftlab.fsutil import dir_size_bytes, write_dir_atomic, write_json_atomic
 
 MANIFEST = "peftlab.json"
 MANIFEST_VERSION = 1
 
 
-def save_artifact(model, tokenizer, folder: Path, manifest: dict, is_peft: bool) -> dict:
-    """Write the adapter folder atomically; return {"path", "size_mb", "weights_mb"}."""
+NATIVE_WEIGHTS = "peftlab_weights.safetensors"
+
+
+def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> dict:
+    """Write the adapter folder atomically; return {"path", "size_mb", "weights_mb"}.
+
+    kind "peft": peft's adapter_config.json + adapter_model.safetensors (with any
+    modules_to_save, e.g. a new classification head); "native" (bottleneck adapters,
+    BitFit): the trained tensors only; "full": the whole model and its tokenizer.
+    """
 
     def fill(tmp: Path) -> None:
-        # peft writes adapter_config.json + adapter_model.safetensors (with any
-        # modules_to_save, e.g. a new classification head); `full` writes the whole model.
-        model.save_pretrained(tmp, safe_serialization=True)
-        if not is_peft:
+        if kind == "native":
+            trained = {
+                n: p.detach().cpu().contiguous()
+                for n, p in model.named_parameters()
+                if p.requires_grad
+            }
+            save_file(trained, tmp / NATIVE_WEIGHTS)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        if kind == "full":
             tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / MANIFEST, {"format_version": MANIFEST_VERSION, **manifest})
 
@@ -28,5 +44,5 @@ def save_artifact(model, tokenizer, folder: Path, manifest: dict, is_peft: bool)
         "path": str(folder),
         "size_mb": round(dir_size_bytes(folder) / 2**20, 3),
         "weights_mb": round(weights / 2**20, 3),
-        "format": "peft" if is_peft else "transformers",
+        "format": {"peft": "peft", "native": "peftlab", "full": "transformers"}[kind],
     }

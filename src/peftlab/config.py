@@ -98,8 +98,32 @@ class MethodArgs:
     lora_dropout: float = arg(0.05, "Dropout on the LoRA input.")
     target_modules: list[str] | None = arg(
         None,
-        "Module names to adapt (comma-separated); default: every linear layer of the "
-        "transformer blocks.",
+        "Modules to adapt (comma-separated names, dotted suffixes or globs); default: the "
+        "method's own choice (LoRA/DoRA/QLoRA: every linear layer of the blocks).",
+    )
+    layers: list[str] | None = arg(
+        None, "Only these block indices (comma-separated, ranges allowed: 0-3,10); default: all."
+    )
+    side: str = arg(
+        "both",
+        "Encoder-decoder models: adapt the encoder, the decoder, or both.",
+        choices=("both", "encoder", "decoder"),
+    )
+    quant_bits: int = arg(4, "QLoRA: quantize the base to 4-bit NF4 or 8-bit.", choices=(4, 8))
+    num_virtual_tokens: int = arg(20, "Prefix, prompt and P-tuning: virtual tokens.")
+    prompt_init: str = arg(
+        "text", "Prompt tuning: initialise from text or randomly.", choices=("text", "random")
+    )
+    prompt_init_text: str = arg(
+        "Classify the sentiment of this text:", "Prompt tuning: the initialisation text."
+    )
+    ptuning_hidden: int = arg(128, "P-tuning: hidden size of the prompt encoder.")
+    adapter_size: int = arg(32, "Bottleneck adapters: bottleneck width.")
+    adapter_placement: str = arg(
+        "houlsby",
+        "Bottleneck adapters: after attention and feed-forward (houlsby) or feed-forward "
+        "only (pfeiffer).",
+        choices=("houlsby", "pfeiffer"),
     )
 
 
@@ -162,9 +186,21 @@ class RunConfig:
 
         if m.name not in METHODS:
             raise ConfigError("method.name", m.name, f"use one of: {', '.join(METHODS)}")
+        from peftlab.selection import parse_layers
+
+        parse_layers(m.layers)
+        selective = m.target_modules or m.layers or m.side != "both"
+        if selective and not METHODS[m.name].layer_selective:
+            raise ConfigError(
+                "method.name",
+                m.name,
+                f"{m.name} does not take --target-modules, --layers or --side; drop them or "
+                "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
+            )
         _positive(self, t, "batch_size", "eval_batch_size", "grad_accum", "lr")
         _positive(self, self.model, "max_length")
-        _positive(self, m, "lora_r", "lora_alpha")
+        _positive(self, m, "lora_r", "lora_alpha", "num_virtual_tokens", "ptuning_hidden")
+        _positive(self, m, "adapter_size")
         _non_negative(self, t, "epochs", "max_steps", "weight_decay", "max_grad_norm")
         _non_negative(self, t, "eval_every", "checkpoint_every")
         _non_negative(self, d, "train_samples", "validation_samples", "test_samples")

@@ -1,8 +1,14 @@
-"""The method registry: name -> a function that attaches the method to a model.
+"""The method registry: name -> a small config plus a function that attaches it.
 
-A method is a small config (fields of `MethodArgs`) plus an attach function. `full` is
-the baseline: no adapter, every weight trained. Adding a method means adding one entry
-to METHODS; the CLI and `peftlab methods` read this dict.
+Every entry in METHODS is usable as `--method NAME`, listed by `peftlab methods`, and
+checked by the shared contract suite (tests/test_contract.py): trainable parameters are
+what the method owns, base weights never change in place (except under `full`),
+save -> reload reproduces outputs, disabling gives the base model back, and merging is
+exact where the method is mergeable and refused with a reason where it is not.
+
+Two kinds of method: LoRA-style ones change layers (lora, dora, qlora, ia3, adapter,
+bitfit); prompt-style ones change inputs (prefix, prompt, ptuning). peft implements most;
+the bottleneck adapter and BitFit are ours (bottleneck.py).
 """
 
 from __future__ import annotations
@@ -10,9 +16,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
+
+from peftlab import bottleneck, selection
 from peftlab.config import MethodArgs
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, PeftlabError
 from peftlab.models import ModelInfo
 
 
@@ -21,7 +31,14 @@ class Method:
     name: str
     description: str
     attach: Callable  # (model, MethodArgs, ModelInfo) -> model with trainable params set
-    peft: bool  # saved as a standard peft adapter (else as a whole model)
+    kind: str  # "peft": standard peft adapter; "native": peftlab weights; "full": whole model
+    merge: str | None = None  # None: mergeable; else the reason it cannot merge
+    owns: Callable[[str], bool] = lambda name: True  # which parameter names are its own
+    load_kwargs: Callable | None = None  # extra from_pretrained kwargs (quantized bases)
+    layer_selective: bool = True
+
+
+# ---------------------------------------------------------------- peft methods
 
 
 def peft_task_type(info: ModelInfo):
@@ -32,40 +49,294 @@ def peft_task_type(info: ModelInfo):
     return TaskType.SEQ_2_SEQ_LM if info.kind == "seq2seq" else TaskType.CAUSAL_LM
 
 
-def attach_lora(model, args: MethodArgs, info: ModelInfo):
-    from peft import LoraConfig, get_peft_model
+def wrap_peft(model, config):
+    from peft import get_peft_model
 
-    config = LoraConfig(
+    return get_peft_model(model, config)
+
+
+def targets(model, args: MethodArgs, patterns: list[str] | None = None) -> list[str]:
+    return selection.select_modules(
+        model, args.target_modules or patterns, selection.parse_layers(args.layers), args.side
+    )
+
+
+def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules or "all-linear",
+        target_modules=targets(model, args),
         task_type=peft_task_type(info),
+        **extra,
     )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
-        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
+
+
+def attach_lora(model, args: MethodArgs, info: ModelInfo):
+    return wrap_peft(model, lora_config(model, args, info))
+
+
+def attach_dora(model, args: MethodArgs, info: ModelInfo):
+    return wrap_peft(model, lora_config(model, args, info, use_dora=True))
+
+
+# Heads stay in full precision: they are new (trained and saved whole) or tied.
+UNQUANTIZED = ["classifier", "score", "lm_head"]
+
+
+def qlora_load_kwargs(args: MethodArgs) -> dict:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if args.quant_bits == 8:
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED)
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=UNQUANTIZED,
+        )
+    return {"quantization_config": config}
+
+
+def attach_qlora(model, args: MethodArgs, info: ModelInfo):
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return wrap_peft(model, lora_config(model, args, info))
+
+
+def attach_ia3(model, args: MethodArgs, info: ModelInfo):
+    from peft import IA3Config
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+    )
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as DEFAULTS,
+    )
+
+    defaults = DEFAULTS.get(info.model_type)
+    if not args.target_modules and not defaults:
         raise ConfigError(
             "method.target_modules",
-            args.target_modules,
-            f"{str(exc).splitlines()[0]}; module names in this model: {', '.join(names)}",
-        ) from None
+            None,
+            f"IA3 has no default modules for '{info.model_type}'; name them",
+        )
+    names = targets(model, args, defaults)
+    feedforward = [
+        n
+        for n in names
+        if any(selection.matches(n, p) for p in FEEDFORWARD.get(info.model_type, []))
+    ]
+    config = IA3Config(
+        target_modules=names, feedforward_modules=feedforward, task_type=peft_task_type(info)
+    )
+    return wrap_peft(model, config)
+
+
+def attach_prefix(model, args: MethodArgs, info: ModelInfo):
+    from peft import PrefixTuningConfig
+
+    return wrap_peft(
+        model,
+        PrefixTuningConfig(
+            num_virtual_tokens=args.num_virtual_tokens, task_type=peft_task_type(info)
+        ),
+    )
+
+
+def attach_prompt(model, args: MethodArgs, info: ModelInfo):
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    text_init = args.prompt_init == "text"
+    config = PromptTuningConfig(
+        num_virtual_tokens=args.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT if text_init else PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=args.prompt_init_text if text_init else None,
+        tokenizer_name_or_path=info.path if text_init else None,
+        task_type=peft_task_type(info),
+    )
+    return wrap_peft(model, config)
+
+
+def attach_ptuning(model, args: MethodArgs, info: ModelInfo):
+    from peft import PromptEncoderConfig
+
+    return wrap_peft(
+        model,
+        PromptEncoderConfig(
+            num_virtual_tokens=args.num_virtual_tokens,
+            encoder_hidden_size=args.ptuning_hidden,
+            task_type=peft_task_type(info),
+        ),
+    )
+
+
+# ---------------------------------------------------------------- native methods
+
+
+def head_module_names(model, info: ModelInfo) -> list[str]:
+    """A linear head is new: it trains with every method. Label words add no weights."""
+    if info.head != "linear":
+        return []
+    prefix = model.base_model_prefix
+    return [
+        n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())
+    ]
+
+
+def freeze_all_but(model, keep: Callable[[str], bool]) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(keep(name))
+
+
+def own_or_head(owns: Callable[[str], bool]) -> Callable[[str], bool]:
+    return lambda name: owns(name) or bottleneck.is_trained_copy_param(name)
+
+
+def attach_adapter(model, args: MethodArgs, info: ModelInfo):
+    patterns = list(bottleneck.FEEDFORWARD_OUTPUTS)
+    if args.adapter_placement == "houlsby":
+        patterns += bottleneck.ATTENTION_OUTPUTS
+    names = targets(model, args, patterns)
+    bottleneck.train_copies(model, head_module_names(model, info))
+    bottleneck.insert_adapters(model, names, args.adapter_size)
+    freeze_all_but(model, own_or_head(bottleneck.is_adapter_param))
+    return model
+
+
+def attach_bitfit(model, args: MethodArgs, info: ModelInfo):
+    import torch.nn as nn
+
+    names = selection.select_modules(
+        model,
+        args.target_modules,
+        selection.parse_layers(args.layers),
+        args.side,
+        module_type=nn.Module,
+    )
+    modules = [model.get_submodule(n) for n in names]
+    modules = [m for m in modules if isinstance(getattr(m, "bias", None), nn.Parameter)]
+    if not modules:
+        raise ConfigError(
+            "method.name",
+            "bitfit",
+            f"this model ({info.model_type}) has no bias terms to train in the "
+            "selected modules; choose another method (e.g. lora)",
+        )
+    bottleneck.train_copies(model, head_module_names(model, info))
+    for module in modules:
+        bottleneck.add_bias_delta(module)
+    freeze_all_but(model, own_or_head(bottleneck.is_bias_delta_param))
+    return model
 
 
 def attach_full(model, args: MethodArgs, info: ModelInfo):
+    if args.target_modules or args.layers or args.side != "both":
+        raise ConfigError(
+            "method.name",
+            "full",
+            "full fine-tuning trains every weight; drop --target-modules, "
+            "--layers and --side, or use a selective method",
+        )
     for param in model.parameters():
         param.requires_grad_(True)
     return model
 
 
+# ---------------------------------------------------------------- the registry
+
+PROMPT_STYLE = "prompt-style methods add virtual tokens to the input; no weight to merge into"
+PEFT_NAMES = ("lora_", "ia3_", "prompt_encoder", "modules_to_save", "prefix_encoder")
+
 METHODS: dict[str, Method] = {
-    "lora": Method(
-        "lora", "LoRA: low-rank updates to linear layers (Hu et al. 2021)", attach_lora, peft=True
-    ),
-    "full": Method(
-        "full", "Full fine-tuning baseline: every weight trained", attach_full, peft=False
-    ),
+    m.name: m
+    for m in [
+        Method(
+            "lora",
+            "LoRA: low-rank updates to linear layers (Hu et al. 2021)",
+            attach_lora,
+            "peft",
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+        ),
+        Method(
+            "dora",
+            "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)",
+            attach_dora,
+            "peft",
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+        ),
+        Method(
+            "qlora",
+            "QLoRA: LoRA on a 4-bit NF4 (or 8-bit) quantized base (Dettmers et al. 2023)",
+            attach_qlora,
+            "peft",
+            merge="merging into a quantized base re-rounds the weights and changes outputs",
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+            load_kwargs=qlora_load_kwargs,
+        ),
+        Method(
+            "ia3",
+            "IA3: learned rescaling of keys, values and feed-forward activations (Liu et al. 2022)",
+            attach_ia3,
+            "peft",
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+        ),
+        Method(
+            "prefix",
+            "Prefix tuning: trained key/value prefixes in every layer (Li & Liang 2021)",
+            attach_prefix,
+            "peft",
+            merge=PROMPT_STYLE,
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+            layer_selective=False,
+        ),
+        Method(
+            "prompt",
+            "Prompt tuning: trained soft-prompt embeddings (Lester et al. 2021)",
+            attach_prompt,
+            "peft",
+            merge=PROMPT_STYLE,
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+            layer_selective=False,
+        ),
+        Method(
+            "ptuning",
+            "P-tuning: soft prompts from a small prompt encoder (Liu et al. 2021)",
+            attach_ptuning,
+            "peft",
+            merge=PROMPT_STYLE,
+            owns=lambda n: any(k in n for k in PEFT_NAMES),
+            layer_selective=False,
+        ),
+        Method(
+            "adapter",
+            "Bottleneck adapters after attention and/or feed-forward (Houlsby et "
+            "al. 2019; Pfeiffer et al. 2020)",
+            attach_adapter,
+            "native",
+            merge="a bottleneck adapter is nonlinear (GELU); it cannot fold into a weight",
+            owns=bottleneck.is_adapter_param,
+        ),
+        Method(
+            "bitfit",
+            "BitFit: train only the bias terms (Ben Zaken et al. 2022)",
+            attach_bitfit,
+            "native",
+            owns=bottleneck.is_bias_delta_param,
+        ),
+        Method(
+            "full",
+            "Full fine-tuning baseline: every weight trained",
+            attach_full,
+            "full",
+            merge="full fine-tuning already produces a whole model; nothing to merge",
+            layer_selective=False,
+        ),
+    ]
 }
 
 
@@ -74,8 +345,67 @@ def base_model(model):
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
+        if model.active_peft_config.is_prompt_learning:
+            return _prompt_learning_disabled(model)
         return model.disable_adapter()
+    if any(isinstance(m, bottleneck.SWITCHABLE) for m in model.modules()):
+        return bottleneck.adapters_disabled(model)
     return contextlib.nullcontext()  # `full` before training is the base model itself
+
+
+@contextlib.contextmanager
+def _prompt_learning_disabled(model):
+    # peft's disable_adapter() for prompt learning breaks on classification models (no
+    # prepare_inputs_for_generation) and leaves a trained head active: switch both here.
+    from peft.utils.other import ModulesToSaveWrapper
+
+    wrappers = [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
+    model.forward = model.base_model.forward
+    for wrapper in wrappers:
+        wrapper.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        del model.forward  # back to the class's forward
+        for wrapper in wrappers:
+            wrapper.enable_adapters(True)
+
+
+def merge_method(model, method: Method):
+    """Fold the method into the base weights; refused with the reason where impossible."""
+    if method.merge:
+        raise PeftlabError(f"cannot merge {method.name}: {method.merge}")
+    if method.kind == "peft":
+        return model.merge_and_unload()
+    bottleneck.merge_bias_deltas(model)
+    bottleneck.merge_trained_copies(model)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: ModelInfo):
+    """Rebuild a trained model from a saved artifact on a freshly loaded base."""
+    from safetensors.torch import load_file
+
+    from peftlab.artifact import NATIVE_WEIGHTS
+
+    if method.kind == "peft":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, folder)
+    if method.kind == "full":
+        return type(base).from_pretrained(folder)
+    model = method.attach(base, args, info)
+    saved = load_file(folder / NATIVE_WEIGHTS)
+    params = dict(model.named_parameters())
+    unknown = sorted(set(saved) - set(params))
+    if unknown:
+        raise PeftlabError(f"{folder / NATIVE_WEIGHTS} has tensors this model lacks: {unknown[:3]}")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+    return model
 
 
 def get_method(name: str) -> Method:

@@ -27,6 +27,7 @@ class ModelInfo:
     kind: str  # "causal_lm" | "encoder" | "seq2seq"
     model_type: str
     head: str  # "label_words" | "linear"
+    path: str  # local folder or Hub id (prompt-tuning text init reads its tokenizer)
 
 
 def load_config(source: ModelSource):
@@ -87,11 +88,17 @@ def load_tokenizer(source: ModelSource, padding_side: str):
 
 
 def load_model(
-    source: ModelSource, info: ModelInfo, label_names: list[str], tokenizer, allow_pickle: bool
+    source: ModelSource,
+    info: ModelInfo,
+    label_names: list[str],
+    tokenizer,
+    allow_pickle: bool,
+    extra: dict | None = None,
 ):
+    """`extra`: more from_pretrained kwargs from the method (a quantization config)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs = {"use_safetensors": None if allow_pickle else True}
+    kwargs = {"use_safetensors": None if allow_pickle else True, **(extra or {})}
     if info.head == "linear":
         auto = AutoModelForSequenceClassification
         kwargs.update(
@@ -112,6 +119,13 @@ def load_model(
                 "pickled weights by default. Pass --allow-pickle if you trust the files"
             ) from None
         raise AssetError(f"cannot load model '{source.name}': {message}") from None
+    for module in model.modules():
+        # bitsandbytes repacks 4-bit weights for its AVX512-BF16 kernel on the first
+        # no-grad pass; that layout computes slightly differently and then breaks training
+        # of layers with a bias ("a view of a leaf Variable ... in-place"). Evaluation and
+        # training alternate here, so every quantized model keeps the one layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

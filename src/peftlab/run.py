@@ -38,8 +38,12 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
 
     tokenizer = models.load_tokenizer(source, padding_side=head_class(info).padding_side)
     task = build_task(cfg, info, dataset, tokenizer)
-    model = models.load_model(source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle)
-    model.to(models.default_device())
+    extra = method.load_kwargs(cfg.method) if method.load_kwargs else None
+    model = models.load_model(
+        source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle, extra
+    )
+    if not extra:  # a quantized base is placed by its loader
+        model.to(models.default_device())
     items = {name: task.encode(rows) for name, rows in dataset.splits.items()}
     seed_everything(cfg.train.seed)
     model = method.attach(model, cfg.method, info)
@@ -98,7 +102,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
     )
     log(summary_line("tuned", record["after"]))
     record["adapter"] = save_artifact(
-        model, tokenizer, run_dir / "adapter", manifest(cfg, info, record), method.peft
+        model, tokenizer, run_dir / "adapter", manifest(cfg, info, record), method.kind
     )
     record["status"] = "done"
     record.save()
@@ -156,7 +160,7 @@ def model_info(source: assets.ModelSource, cfg: RunConfig) -> models.ModelInfo:
             "LMs and encoders"
         )
     head = models.resolve_head(cfg.model.head, kind, cfg.model.name)
-    return models.ModelInfo(kind=kind, model_type=config.model_type, head=head)
+    return models.ModelInfo(kind=kind, model_type=config.model_type, head=head, path=source.path)
 
 
 def head_class(info: models.ModelInfo):

@@ -1,0 +1,93 @@
+"""Which modules a method touches: name patterns, layer indices, encoder/decoder side.
+
+One function serves every method that works on modules (LoRA, DoRA, QLoRA, IA3,
+bottleneck adapters, BitFit): it returns explicit module names, so peft never guesses,
+and a selection that matches nothing is an error that lists what exists.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from peftlab.errors import ConfigError
+
+LAYER_CONTAINERS = {"layers", "layer", "h", "block", "blocks"}
+
+
+def parse_layers(spec: list[str] | None) -> set[int] | None:
+    """["0-3", "10"] -> {0, 1, 2, 3, 10}; None means every layer."""
+    if not spec:
+        return None
+    layers: set[int] = set()
+    for item in spec:
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(item))
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise ConfigError("method.layers", spec, "use indices and ranges like 0-3,10")
+        first = int(match.group(1))
+        layers.update(range(first, int(match.group(2) or first) + 1))
+    return layers
+
+
+def layer_index(name: str) -> int | None:
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in LAYER_CONTAINERS and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def side_of(name: str) -> str | None:
+    for part in name.split("."):
+        if "encoder" in part:
+            return "encoder"
+        if "decoder" in part:
+            return "decoder"
+    return None
+
+
+def matches(name: str, pattern: str) -> bool:
+    """A pattern matches a module by its full name, a dotted suffix, or a glob."""
+    return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
+
+
+def select_modules(
+    model,
+    patterns: list[str] | None,
+    layers: set[int] | None,
+    side: str,
+    module_type=None,
+    field: str = "method.target_modules",
+) -> list[str]:
+    """Names of block modules (of `module_type`, default nn.Linear) that pass every filter."""
+    import torch.nn as nn
+
+    module_type = module_type or nn.Linear
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, module_type) and layer_index(name) is not None
+    ]
+    selected = candidates
+    if patterns:
+        selected = [n for n in selected if any(matches(n, p) for p in patterns)]
+    if layers is not None:
+        selected = [n for n in selected if layer_index(n) in layers]
+    if side != "both":
+        selected = [n for n in selected if side_of(n) == side]
+    if not selected:
+        raise ConfigError(field, patterns or "(all)", describe_miss(candidates, layers, side))
+    return selected
+
+
+def describe_miss(candidates: list[str], layers, side: str) -> str:
+    short = sorted({".".join(n.split(".")[-2:]) for n in candidates})
+    indices = sorted({layer_index(n) for n in candidates})
+    sides = sorted({side_of(n) or "-" for n in candidates})
+    text = f"matches no module; this model has {', '.join(short[:30])}"
+    text += f"; layers {indices[0]}-{indices[-1]}" if indices else "; no layered blocks"
+    if layers is not None:
+        text += f" (asked for layers {sorted(layers)})"
+    if side != "both":
+        text += f"; sides {sides} (asked for {side})"
+    return text
