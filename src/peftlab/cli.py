@@ -38,8 +38,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         shown = ",".join(default) if isinstance(default, list) else default
         help_text = f.metadata["help"].replace("%", "%%") + f" [{path}; default: {shown}]"
         kwargs = {"dest": path, "default": argparse.SUPPRESS, "help": help_text}
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
+        choices = f.metadata.get("choices")
+        if choices and all(isinstance(c, str) for c in choices):
+            kwargs["choices"] = choices  # numeric choices are checked after typing
         if field_type(owner, name) is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -83,6 +84,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from peftlab.compare import compare
+    from peftlab.compare_report import markdown_table, summary
+    from peftlab.config import coerce
+
+    methods = coerce(args.methods, list[str], "--methods") if args.methods else []
+    seeds = coerce(args.seeds, list[int], "--seeds")
+    base = build_config(args)
+    out = Path(base.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
+    board = compare(base, methods, seeds, out, [Path(d) for d in args.run_dirs])
+    print()
+    print(summary(board))
+    print()
+    print(markdown_table(board))
+    print(f"\ncomparison: {out} (compare.json, compare.md, compare.html)")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from peftlab.assets import BUILTIN_MODELS, PINS
 
@@ -110,7 +132,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "models": cmd_models, "datasets": cmd_datasets, "methods": cmd_methods}
+COMMANDS = {
+    "compare": cmd_compare,
+    "run": cmd_run,
+    "models": cmd_models,
+    "datasets": cmd_datasets,
+    "methods": cmd_methods,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
     add_config_flags(run_parser)
+    compare_parser = sub.add_parser(
+        "compare",
+        help="run several methods x seeds on one task and build a leaderboard",
+        description="Run every method x seed as its own run directory under --out (sharing "
+        "one dataset, encoding and base evaluation), then write compare.json, compare.md "
+        "and compare.html. Finished runs are kept on a rerun; a failing method is recorded "
+        "and the rest go on. Existing run directories can be given to only build the report.",
+    )
+    compare_parser.add_argument(
+        "run_dirs", nargs="*", metavar="RUN_DIR", help="finished run directories to include"
+    )
+    compare_parser.add_argument(
+        "--methods", metavar="LIST", help="comma-separated methods, e.g. lora,ia3,full"
+    )
+    compare_parser.add_argument(
+        "--seeds", default="0", metavar="LIST", help="comma-separated seeds (default: 0)"
+    )
+    compare_parser.add_argument("--config", metavar="YAML", help="YAML file of run settings")
+    add_config_flags(compare_parser)
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     sub.add_parser("methods", help="list the fine-tuning methods")
@@ -158,7 +205,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "compare"):
         quiet_libraries()
     try:
         return COMMANDS[args.command](args)

@@ -83,7 +83,7 @@ def write_report(record) -> Path:
     return path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,20 +92,24 @@ def _pyplot():
     return plt
 
 
+def moving_mean(values: list[float], window: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
 def plot_loss(record: dict, path: Path) -> bool:
     history = record["train"]["history"]
     if not history:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["loss"] for h in history], alpha=0.35, label="train loss (per step)")
     window = max(1, len(history) // 20)
-    smooth = [
-        sum(h["loss"] for h in history[max(0, i - window + 1) : i + 1])
-        / len(history[max(0, i - window + 1) : i + 1])
-        for i in range(len(history))
-    ]
+    smooth = moving_mean([h["loss"] for h in history], window)
     ax.plot(steps, smooth, label=f"train loss (mean of {window})")
     evals = record["train"]["evals"]
     if evals:
@@ -116,13 +120,13 @@ def plot_loss(record: dict, path: Path) -> bool:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
 
 def plot_bars(record: dict, path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     keys = ["accuracy", "f1"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = range(len(keys))
@@ -138,12 +142,12 @@ def plot_bars(record: dict, path: Path) -> bool:
     ax.set_title("test split")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     tmp.replace(path)

@@ -8,6 +8,7 @@ continues training from the last checkpoint.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -24,8 +25,18 @@ from peftlab.tasks.classification import ClassificationTask, LabelWordHead, Line
 from peftlab.train import train
 
 
-def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
+@dataclass
+class Shared:
+    """What the runs of one comparison share: data, its encoding, the base evaluation."""
+
+    dataset: data.LabeledData | None = None
+    items: dict | None = None
+    before: dict | None = None
+
+
+def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | None = None):
     log = log or say
+    shared = shared or Shared()
     run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
     check_run_dir(run_dir, cfg)
     seed_everything(cfg.train.seed)
@@ -33,7 +44,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     method = get_method(cfg.method.name)
-    dataset = data.load(cfg.data)
+    dataset = shared.dataset = shared.dataset or data.load(cfg.data)
     log(f"data: {dataset.description}: {dataset.sizes} examples, labels {dataset.label_names}")
 
     tokenizer = models.load_tokenizer(source, padding_side=head_class(info).padding_side)
@@ -44,7 +55,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
     )
     if not extra:  # a quantized base is placed by its loader
         model.to(models.default_device())
-    items = {name: task.encode(rows) for name, rows in dataset.splits.items()}
+    items = shared.items = shared.items or {
+        name: task.encode(rows) for name, rows in dataset.splits.items()
+    }
     seed_everything(cfg.train.seed)
     model = method.attach(model, cfg.method, info)
     trainable, total = count_parameters(model)
@@ -63,6 +76,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
         "label_words": getattr(task.head, "label_words", None),
     }
 
+    if "before" not in record and shared.before:
+        record["before"] = shared.before
     if "before" not in record:
         log("evaluating the base model on the test split...")
         with base_model(model):
@@ -75,6 +90,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None) -> RunRecord:
                 desc="test (base)",
             )
         record.save()
+    shared.before = record["before"]
     log(summary_line("base", record["before"]))
 
     log(

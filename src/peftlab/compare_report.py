@@ -1,0 +1,171 @@
+"""Leaderboard -> compare.md and a self-contained compare.html (plots embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from peftlab.fsutil import write_text_atomic
+from peftlab.report import moving_mean, pyplot, save_figure
+
+COLUMNS = [
+    ("method", "method", "{}"),
+    ("accuracy", "test accuracy", "{:.4f}"),
+    ("accuracy_std", "± std", "{:.4f}"),
+    ("gain", "gain over base", "{:+.4f}"),
+    ("f1", "macro-F1", "{:.4f}"),
+    ("trainable_params", "trainable params", "{:,}"),
+    ("trainable_percent", "trainable %", "{:.4f}"),
+    ("adapter_mb", "adapter MB", "{:.2f}"),
+    ("train_s", "train s", "{:.1f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("train_samples_per_s", "train samples/s", "{:.2f}"),
+]
+PLOTS = ("metric_vs_params.png", "cost.png", "loss_curves.png")
+
+
+def cells(row: dict) -> list[str]:
+    return [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+
+
+def markdown_table(board: dict) -> str:
+    lines = [
+        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in board["rows"]]
+    return "\n".join(lines)
+
+
+def summary(board: dict) -> str:
+    rows = board["rows"]
+    if not rows:
+        return "No run finished."
+    base = rows[0]["base"]
+    seeds = max(len(r["seeds"]) for r in rows)
+    text = [f"Base model test accuracy: {base:.4f}. Means over {seeds} seed(s)."]
+    for row in rows:
+        verdict = "better than" if row["gain"] > 0 else "not better than"
+        text.append(
+            f"- {row['method']}: {row['accuracy']:.4f} ({row['gain']:+.4f}), "
+            f"{verdict} the base model, training {row['trainable_percent']:.3f}% of "
+            f"the parameters."
+        )
+    for failure in board["failures"]:
+        text.append(f"- {failure['method']} (seed {failure['seed']}) failed: {failure['error']}")
+    return "\n".join(text)
+
+
+def write_compare_report(board: dict, records: list[dict], out: Path) -> None:
+    plot_metric_vs_params(board, out / PLOTS[0])
+    plot_cost(board, out / PLOTS[1])
+    plot_loss_curves(records, out / PLOTS[2])
+    md = ["# peftlab compare", "", summary(board), "", markdown_table(board), ""]
+    md += [f"![{name}]({name})\n" for name in PLOTS]
+    write_text_atomic(out / "compare.md", "\n".join(md))
+    write_text_atomic(out / "compare.html", html_page(board, out))
+
+
+def html_page(board: dict, out: Path) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(row)) + "</tr>"
+        for row in board["rows"]
+    )
+    images = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode((out / name).read_bytes()).decode()}"></figure>'
+        for name in PLOTS
+        if (out / name).is_file()
+    )
+    notes = "".join(
+        f"<li>{html.escape(line[2:])}</li>"
+        for line in summary(board).splitlines()
+        if line.startswith("- ")
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>peftlab compare</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+figure {{ display: inline-block; margin: 1em; }}
+</style></head><body>
+<h1>peftlab compare</h1>
+<p>{html.escape(summary(board).splitlines()[0])}</p>
+<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<ul>{notes}</ul>
+{images}
+</body></html>
+"""
+
+
+def plot_metric_vs_params(board: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in board["rows"]:
+        ax.errorbar(
+            max(row["trainable_params"], 1),
+            row["accuracy"],
+            yerr=row["accuracy_std"],
+            fmt="o",
+            capsize=3,
+        )
+        ax.annotate(
+            row["method"],
+            (max(row["trainable_params"], 1), row["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
+    if board["rows"]:
+        ax.axhline(board["rows"][0]["base"], color="grey", linestyle="--", label="base model")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test accuracy")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_cost(board: dict, path: Path) -> None:
+    plt = pyplot()
+    rows = board["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = [r["method"] for r in rows]
+    left.bar(names, [r["train_s"] for r in rows])
+    left.set_ylabel("train time (s)")
+    right.bar(names, [r["peak_memory_mb"] for r in rows], color="tab:orange")
+    right.set_ylabel("peak memory (MB)")
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_loss_curves(records: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    shown = set()
+    for record in records:
+        method = record["config"]["method"]["name"]
+        history = record["train"]["history"]
+        window = max(1, len(history) // 20)
+        smooth = moving_mean([h["loss"] for h in history], window)
+        ax.plot(
+            [h["step"] for h in history],
+            smooth,
+            alpha=0.8,
+            label=method if method not in shown else None,
+        )
+        shown.add(method)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (moving mean over 5% of the steps)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
