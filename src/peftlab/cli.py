@@ -128,7 +128,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from peftlab.methods import METHODS
 
     for method in METHODS.values():
-        print(f"{method.name:10s} {method.description}")
+        print(f"{method.name:10s} {method.description} [lr {method.default_lr:g}]")
     return 0
 
 

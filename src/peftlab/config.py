@@ -8,6 +8,7 @@ field, the value and the fix.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -133,7 +134,11 @@ class TrainArgs:
     max_steps: int = arg(0, "Stop after this many optimizer steps (0 = use epochs).")
     batch_size: int = arg(8, "Examples per forward pass (per process).")
     grad_accum: int = arg(1, "Forward passes per optimizer step (gradient accumulation).")
-    lr: float = arg(5e-4, "Peak learning rate.")
+    lr: float | None = arg(
+        None,
+        "Peak learning rate; default: the method's own (see `peftlab methods`), since "
+        "prompt-style methods want rates ~100x those of full fine-tuning.",
+    )
     weight_decay: float = arg(0.01, "AdamW weight decay (not applied to biases and norms).")
     warmup_ratio: float = arg(0.1, "Share of the optimizer steps spent warming up the rate.")
     scheduler: str = arg(
@@ -171,6 +176,15 @@ class RunConfig:
         parts = [self.method.name, Path(self.model.name).name, Path(self.data.name).stem]
         return "-".join(p.replace("/", "_") for p in parts)
 
+    def resolved(self) -> RunConfig:
+        """A copy with the method-dependent defaults filled in (what run.json records)."""
+        from peftlab.methods import METHODS
+
+        cfg = copy.deepcopy(self)
+        if cfg.train.lr is None:
+            cfg.train.lr = METHODS[cfg.method.name].default_lr
+        return cfg
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -197,7 +211,9 @@ class RunConfig:
                 f"{m.name} does not take --target-modules, --layers or --side; drop them or "
                 "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
             )
-        _positive(self, t, "batch_size", "eval_batch_size", "grad_accum", "lr")
+        _positive(self, t, "batch_size", "eval_batch_size", "grad_accum")
+        if t.lr is not None:
+            _positive(self, t, "lr")
         _positive(self, self.model, "max_length")
         _positive(self, m, "lora_r", "lora_alpha", "num_virtual_tokens", "ptuning_hidden")
         _positive(self, m, "adapter_size")

@@ -36,6 +36,7 @@ class Method:
     owns: Callable[[str], bool] = lambda name: True  # which parameter names are its own
     load_kwargs: Callable | None = None  # extra from_pretrained kwargs (quantized bases)
     layer_selective: bool = True
+    default_lr: float = 5e-4
 
 
 # ---------------------------------------------------------------- peft methods
@@ -283,6 +284,7 @@ METHODS: dict[str, Method] = {
             "IA3: learned rescaling of keys, values and feed-forward activations (Liu et al. 2022)",
             attach_ia3,
             "peft",
+            default_lr=5e-3,
             owns=lambda n: any(k in n for k in PEFT_NAMES),
         ),
         Method(
@@ -290,6 +292,7 @@ METHODS: dict[str, Method] = {
             "Prefix tuning: trained key/value prefixes in every layer (Li & Liang 2021)",
             attach_prefix,
             "peft",
+            default_lr=1e-2,
             merge=PROMPT_STYLE,
             owns=lambda n: any(k in n for k in PEFT_NAMES),
             layer_selective=False,
@@ -299,6 +302,7 @@ METHODS: dict[str, Method] = {
             "Prompt tuning: trained soft-prompt embeddings (Lester et al. 2021)",
             attach_prompt,
             "peft",
+            default_lr=3e-2,
             merge=PROMPT_STYLE,
             owns=lambda n: any(k in n for k in PEFT_NAMES),
             layer_selective=False,
@@ -308,6 +312,7 @@ METHODS: dict[str, Method] = {
             "P-tuning: soft prompts from a small prompt encoder (Liu et al. 2021)",
             attach_ptuning,
             "peft",
+            default_lr=1e-2,
             merge=PROMPT_STYLE,
             owns=lambda n: any(k in n for k in PEFT_NAMES),
             layer_selective=False,
@@ -318,6 +323,7 @@ METHODS: dict[str, Method] = {
             "al. 2019; Pfeiffer et al. 2020)",
             attach_adapter,
             "native",
+            default_lr=1e-3,
             merge="a bottleneck adapter is nonlinear (GELU); it cannot fold into a weight",
             owns=bottleneck.is_adapter_param,
         ),
@@ -326,6 +332,7 @@ METHODS: dict[str, Method] = {
             "BitFit: train only the bias terms (Ben Zaken et al. 2022)",
             attach_bitfit,
             "native",
+            default_lr=5e-3,
             owns=bottleneck.is_bias_delta_param,
         ),
         Method(
@@ -333,6 +340,7 @@ METHODS: dict[str, Method] = {
             "Full fine-tuning baseline: every weight trained",
             attach_full,
             "full",
+            default_lr=5e-5,
             merge="full fine-tuning already produces a whole model; nothing to merge",
             layer_selective=False,
         ),

@@ -37,6 +37,7 @@ class Shared:
 def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | None = None):
     log = log or say
     shared = shared or Shared()
+    cfg = cfg.resolved()
     run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
     check_run_dir(run_dir, cfg)
     seed_everything(cfg.train.seed)
