@@ -105,7 +105,9 @@ def leaderboard(records: list[dict], failures: list[dict]) -> dict:
             }
         )
     table.sort(key=lambda row: -row[metric])
-    return {"metric": metric, "rows": table, "failures": failures}
+    test_counts = records[0]["data"].get("label_counts", {}).get("test") if records else None
+    majority = round(max(test_counts) / sum(test_counts), 4) if test_counts else None
+    return {"metric": metric, "majority_baseline": majority, "rows": table, "failures": failures}
 
 
 def compare(

@@ -44,13 +44,19 @@ def summary(board: dict) -> str:
         return "No run finished."
     base = rows[0]["base"]
     seeds = max(len(r["seeds"]) for r in rows)
-    text = [f"Base model test accuracy: {base:.4f}. Means over {seeds} seed(s)."]
+    majority = board.get("majority_baseline")
+    first = f"Base model test accuracy: {base:.4f}"
+    if majority is not None:
+        first += f"; always predicting the most frequent label: {majority:.4f}"
+    text = [f"{first}. Means over {seeds} seed(s)."]
     for row in rows:
         verdict = "better than" if row["gain"] > 0 else "not better than"
+        note = ""
+        if majority is not None and row["accuracy"] <= majority + 0.005:
+            note = " (no better than the majority label: not learned at this budget)"
         text.append(
-            f"- {row['method']}: {row['accuracy']:.4f} ({row['gain']:+.4f}), "
-            f"{verdict} the base model, training {row['trainable_percent']:.3f}% of "
-            f"the parameters."
+            f"- {row['method']}: {row['accuracy']:.4f} ({row['gain']:+.4f}), {verdict} the "
+            f"base model{note}, training {row['trainable_percent']:.3f}% of the parameters."
         )
     for failure in board["failures"]:
         text.append(f"- {failure['method']} (seed {failure['seed']}) failed: {failure['error']}")

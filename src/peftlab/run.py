@@ -73,6 +73,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
         "description": dataset.description,
         "sizes": dataset.sizes,
         "label_names": dataset.label_names,
+        "label_counts": {
+            split: [sum(ex.label == i for ex in rows) for i in range(len(dataset.label_names))]
+            for split, rows in dataset.splits.items()
+        },
         "template": task.template,
         "label_words": getattr(task.head, "label_words", None),
     }
