@@ -203,3 +203,32 @@ def test_registry_matches_cli_and_readme(capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in METHODS:
         assert f"`{name}`" in readme, name
+
+
+def test_side_selection_on_an_encoder_decoder():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from peftlab.selection import select_modules
+
+    model = T5ForConditionalGeneration(
+        T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2)
+    )
+    encoder = select_modules(model, ["q", "v"], None, "encoder")
+    decoder = select_modules(model, ["q", "v"], {1}, "decoder")
+    assert encoder and all(n.startswith("encoder.") for n in encoder)
+    assert decoder and all(n.startswith("decoder.block.1.") for n in decoder)
+    assert len(select_modules(model, ["q", "v"], None, "both")) == 2 * len(encoder) + 4
+
+
+def test_qlora_on_an_8bit_base(tiny_llama, sentiment_csv, tmp_path):
+    built = Built(tiny_llama, sentiment_csv, "qlora", quant_bits=8)
+    assert any("Linear8bit" in type(m).__name__ for m in built.model.modules())
+    built.train_steps()
+    expected = built.logits(built.model)
+    with base_model(built.model):
+        torch.testing.assert_close(built.logits(built.model), built.logits(built.base))
+    save_artifact(built.model, built.tokenizer, tmp_path / "adapter", {}, built.method.kind)
+    reloaded = reload_artifact(
+        built.method, tmp_path / "adapter", built.fresh_base(), built.cfg.method, built.info
+    )
+    torch.testing.assert_close(built.logits(reloaded), expected, rtol=1e-5, atol=1e-5)
