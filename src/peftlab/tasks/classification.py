@@ -9,6 +9,7 @@ Two heads behind one interface:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,10 @@ import torch.nn.functional as F
 
 from peftlab.data import Example
 from peftlab.errors import ConfigError
+
+# Prompt-style peft models drop position ids (warning on every batch); every other model
+# needs them with left padding, so the head always passes them.
+warnings.filterwarnings("ignore", message="Position ids are not supported")
 
 
 class LabelWordHead:
