@@ -250,72 +250,64 @@ def attach_full(model, args: MethodArgs, info: ModelInfo):
 
 # ---------------------------------------------------------------- the registry
 
-PROMPT_STYLE = "prompt-style methods add virtual tokens to the input; no weight to merge into"
 PEFT_NAMES = ("lora_", "ia3_", "prompt_encoder", "modules_to_save", "prefix_encoder")
+PROMPT_STYLE = "prompt-style methods add virtual tokens to the input; no weight to merge into"
+
+
+def is_peft_param(name: str) -> bool:
+    return any(key in name for key in PEFT_NAMES)
+
+
+def peft_method(name: str, description: str, attach: Callable, **kw) -> Method:
+    return Method(name, description, attach, "peft", owns=is_peft_param, **kw)
+
+
+def prompt_method(name: str, description: str, attach: Callable, default_lr: float) -> Method:
+    """Prompt-style: changes inputs, not layers, so no layer selection and no merge."""
+    return peft_method(
+        name, description, attach, default_lr=default_lr, merge=PROMPT_STYLE, layer_selective=False
+    )
+
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method(
-            "lora",
-            "LoRA: low-rank updates to linear layers (Hu et al. 2021)",
-            attach_lora,
-            "peft",
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
+        peft_method(
+            "lora", "LoRA: low-rank updates to linear layers (Hu et al. 2021)", attach_lora
         ),
-        Method(
-            "dora",
-            "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)",
-            attach_dora,
-            "peft",
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
+        peft_method(
+            "dora", "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)", attach_dora
         ),
-        Method(
+        peft_method(
             "qlora",
             "QLoRA: LoRA on a 4-bit NF4 (or 8-bit) quantized base (Dettmers et al. 2023)",
             attach_qlora,
-            "peft",
-            merge="merging into a quantized base re-rounds the weights and changes outputs",
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
             load_kwargs=qlora_load_kwargs,
+            merge="merging into a quantized base re-rounds the weights and changes outputs",
         ),
-        Method(
+        peft_method(
             "ia3",
             "IA3: learned rescaling of keys, values and feed-forward activations (Liu et al. 2022)",
             attach_ia3,
-            "peft",
             default_lr=5e-3,
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
         ),
-        Method(
+        prompt_method(
             "prefix",
             "Prefix tuning: trained key/value prefixes in every layer (Li & Liang 2021)",
             attach_prefix,
-            "peft",
             default_lr=1e-2,
-            merge=PROMPT_STYLE,
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
-            layer_selective=False,
         ),
-        Method(
+        prompt_method(
             "prompt",
             "Prompt tuning: trained soft-prompt embeddings (Lester et al. 2021)",
             attach_prompt,
-            "peft",
             default_lr=3e-2,
-            merge=PROMPT_STYLE,
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
-            layer_selective=False,
         ),
-        Method(
+        prompt_method(
             "ptuning",
             "P-tuning: soft prompts from a small prompt encoder (Liu et al. 2021)",
             attach_ptuning,
-            "peft",
             default_lr=1e-2,
-            merge=PROMPT_STYLE,
-            owns=lambda n: any(k in n for k in PEFT_NAMES),
-            layer_selective=False,
         ),
         Method(
             "adapter",
@@ -341,8 +333,8 @@ METHODS: dict[str, Method] = {
             attach_full,
             "full",
             default_lr=5e-5,
-            merge="full fine-tuning already produces a whole model; nothing to merge",
             layer_selective=False,
+            merge="full fine-tuning already produces a whole model; nothing to merge",
         ),
     ]
 }
