@@ -2,6 +2,8 @@
 
 import json
 
+import tiny
+
 from peftlab.cli import main
 
 
@@ -15,12 +17,7 @@ def test_compare_runs_methods_and_seeds_then_reuses_them(
         "lora,bitfit,full",
         "--seeds",
         "0,1",
-        "--model",
-        str(tiny_llama),
-        "--dataset",
-        str(sentiment_csv),
-        "--out",
-        str(out),
+        *tiny.where(tiny_llama, sentiment_csv, out),
         "--template",
         "review: {text} sentiment:",
         "--epochs",

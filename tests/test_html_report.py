@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import tiny
 
 from peftlab.cli import main
 
@@ -44,12 +45,7 @@ def test_compare_html_renders_table_and_plots(tiny_llama, sentiment_csv, tmp_pat
                 "compare",
                 "--methods",
                 "lora,full",
-                "--model",
-                str(tiny_llama),
-                "--dataset",
-                str(sentiment_csv),
-                "--out",
-                str(out),
+                *tiny.where(tiny_llama, sentiment_csv, out),
                 "--max-steps",
                 "6",
                 "--template",

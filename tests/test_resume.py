@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import tiny
 from safetensors.torch import load_file
 
 from peftlab.cli import main
@@ -16,12 +17,7 @@ from peftlab.cli import main
 def settings(model, data, out):
     return [
         "run",
-        "--model",
-        str(model),
-        "--dataset",
-        str(data),
-        "--out",
-        str(out),
+        *tiny.where(model, data, out),
         "--method",
         "lora",
         "--epochs",

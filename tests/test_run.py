@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tiny
 import torch
 
 from peftlab.cli import main
@@ -28,12 +29,7 @@ def run_cli(model, data, out, *extra):
     """Run on the whole tiny dataset; later flags (extra) override the earlier ones."""
     args = [
         "run",
-        "--model",
-        str(model),
-        "--dataset",
-        str(data),
-        "--out",
-        str(out),
+        *tiny.where(model, data, out),
         "--batch-size",
         "16",
         "--eval-every",
@@ -124,12 +120,7 @@ def test_rerun_into_same_dir_with_other_config_is_refused(
     code = main(
         [
             "run",
-            "--model",
-            str(tiny_llama),
-            "--dataset",
-            str(sentiment_csv),
-            "--out",
-            str(tmp_path / "run"),
+            *tiny.where(tiny_llama, sentiment_csv, tmp_path / "run"),
             "--lr",
             "1e-3",
         ]
@@ -145,12 +136,7 @@ def test_target_modules_matching_nothing_is_refused_before_anything_runs(
     code = main(
         [
             "run",
-            "--model",
-            str(tiny_llama),
-            "--dataset",
-            str(sentiment_csv),
-            "--out",
-            str(out),
+            *tiny.where(tiny_llama, sentiment_csv, out),
             "--target-modules",
             "qkv_proj",
         ]

@@ -110,3 +110,8 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def where(model, data, out) -> list[str]:
+    """The --model/--dataset/--out flags every tiny end-to-end run starts from."""
+    return ["--model", str(model), "--dataset", str(data), "--out", str(out)]
