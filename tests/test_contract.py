@@ -16,7 +16,8 @@ from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS, base_model, merge_method, reload_artifact
-from peftlab.run import build_task, head_class, model_info, seed_everything
+from peftlab.run import seed_everything
+from peftlab.tasks.setup import build_task, model_info, padding_side
 
 MODELS = ["tiny_llama", "tiny_bert"]
 
@@ -39,7 +40,7 @@ class Built:
         self.source = assets.resolve_model(cfg.model.name)
         self.info = model_info(self.source, cfg)
         self.dataset = data.load(cfg.data)
-        self.tokenizer = models.load_tokenizer(self.source, head_class(self.info).padding_side)
+        self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
         self.task = build_task(cfg, self.info, self.dataset, self.tokenizer)
         self.base = self.fresh_base()
         seed_everything(0)
@@ -64,7 +65,7 @@ class Built:
         optimizer = torch.optim.AdamW(params, lr=5e-2)
         self.model.train()
         for _ in range(steps):
-            loss = self.task.loss(self.task.logits(self.model, self.batch), self.batch)
+            loss = self.task.loss(self.model, self.batch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

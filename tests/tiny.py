@@ -8,7 +8,7 @@ from pathlib import Path
 POSITIVE = "good great fun moving brilliant superb charming delightful".split()
 NEGATIVE = "bad awful boring dull weak tedious clumsy lifeless".split()
 NEUTRAL = "the a movie film plot actors story scenes is was and with this".split()
-TEMPLATE_WORDS = "review sentiment text label article topic : positive negative".split()
+TEMPLATE_WORDS = "review sentiment text label article topic : positive negative summarize".split()
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
 
 
@@ -87,6 +87,63 @@ def make_bert(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_seq2seq(folder: Path, arch: str, seed: int = 0) -> Path:
+    """A tiny T5 or BART over the word-level vocabulary (pad 0, bos 4, eos 5)."""
+    import torch
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    tokenizer = make_tokenizer("decoder")
+    torch.manual_seed(seed)
+    if arch == "t5":
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=5,
+            decoder_start_token_id=0,
+        )
+        model = T5ForConditionalGeneration(config)
+    else:
+        config = BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=4,
+            eos_token_id=5,
+            decoder_start_token_id=5,
+            forced_bos_token_id=None,
+            forced_eos_token_id=None,
+        )
+        model = BartForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def summary_rows(n: int, seed: int = 0) -> list[dict]:
+    """Toy summarization: a review -> 'a positive review' or 'a negative review'."""
+    return [
+        {"text": row["text"], "summary": f"a {row['label']} review"}
+        for row in sentiment_rows(n, seed)
+    ]
 
 
 def sentiment_rows(n: int, seed: int = 0) -> list[dict]:

@@ -8,6 +8,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -154,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a base model, fine-tune it, evaluate again, write a run directory",
         description="Evaluate the base model on the test split, fine-tune it with a method, "
         "evaluate again, and write run.json, report.md and the adapter into the run "
-        "directory. Settings: defaults, then --config YAML (sections model/data/method/"
-        "train), then flags.",
+        "directory. Tasks: classification (default), summarization, causal_lm (--task). "
+        "Settings: defaults, then --config YAML (sections model/data/task/method/train), "
+        "then flags.",
     )
     run_parser.add_argument("--config", metavar="YAML", help="YAML file of settings")
     run_parser.add_argument(
@@ -192,6 +194,9 @@ def quiet_libraries() -> None:
     # Library deprecation chatter is for library authors, not for peftlab users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # bitsandbytes asks for an optional Hub-hosted kernel on every import; it falls back
+    # to its own CPU code, and the Hub is often unreachable anyway.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import datasets
     import huggingface_hub
     import transformers

@@ -18,6 +18,7 @@ from peftlab.errors import PeftlabError
 from peftlab.fsutil import write_json_atomic
 from peftlab.record import RECORD_FILE, RunRecord
 from peftlab.run import Shared, run, say
+from peftlab.tasks import spec_of
 
 
 def run_all(base: RunConfig, methods: list[str], seeds: list[int], out: Path, log=say) -> list:
@@ -74,7 +75,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def leaderboard(records: list[dict], failures: list[dict]) -> dict:
     """Group runs by method: metric mean and std over seeds, gain over base, costs."""
-    metric = "accuracy"
+    spec = spec_of(records[0]) if records else spec_of({"config": {}})
+    tasks = {spec_of(r).name for r in records}
+    if len(tasks) > 1:
+        raise PeftlabError(f"these runs are of different tasks ({sorted(tasks)}); compare one")
+    metric = spec.metric
+    others = [k for k in spec.scores if k != metric]
+    if spec.name == "summarization":
+        others.append("gen_len")
     rows = {}
     for record in records:
         rows.setdefault(record["config"]["method"]["name"], []).append(record)
@@ -90,7 +98,7 @@ def leaderboard(records: list[dict], failures: list[dict]) -> dict:
                 "seeds": [r["config"]["train"]["seed"] for r in runs],
                 metric: round(mean, 4),
                 f"{metric}_std": round(std, 4),
-                "f1": round(statistics.fmean(r["after"]["f1"] for r in runs), 4),
+                **{k: round(statistics.fmean(r["after"][k] for r in runs), 4) for k in others},
                 "base": round(statistics.fmean(before), 4),
                 "gain": round(mean - statistics.fmean(before), 4),
                 "trainable_params": train[0]["trainable_params"],
@@ -104,10 +112,18 @@ def leaderboard(records: list[dict], failures: list[dict]) -> dict:
                 "run_dirs": [r["run_dir"] for r in runs],
             }
         )
-    table.sort(key=lambda row: -row[metric])
+    table.sort(key=lambda row: -row[metric] if spec.greater_is_better else row[metric])
     test_counts = records[0]["data"].get("label_counts", {}).get("test") if records else None
     majority = round(max(test_counts) / sum(test_counts), 4) if test_counts else None
-    return {"metric": metric, "majority_baseline": majority, "rows": table, "failures": failures}
+    return {
+        "task": spec.name,
+        "metric": metric,
+        "greater_is_better": spec.greater_is_better,
+        "scores": others,
+        "majority_baseline": majority,
+        "rows": table,
+        "failures": failures,
+    }
 
 
 def compare(

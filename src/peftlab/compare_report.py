@@ -9,12 +9,8 @@ from pathlib import Path
 from peftlab.fsutil import write_text_atomic
 from peftlab.report import moving_mean, pyplot, save_figure
 
-COLUMNS = [
-    ("method", "method", "{}"),
-    ("accuracy", "test accuracy", "{:.4f}"),
-    ("accuracy_std", "± std", "{:.4f}"),
-    ("gain", "gain over base", "{:+.4f}"),
-    ("f1", "macro-F1", "{:.4f}"),
+TITLES = {"accuracy": "test accuracy", "f1": "macro-F1", "gen_len": "gen length"}
+COST_COLUMNS = [
     ("trainable_params", "trainable params", "{:,}"),
     ("trainable_percent", "trainable %", "{:.4f}"),
     ("adapter_mb", "adapter MB", "{:.2f}"),
@@ -25,16 +21,29 @@ COLUMNS = [
 PLOTS = ("metric_vs_params.png", "cost.png", "loss_curves.png")
 
 
-def cells(row: dict) -> list[str]:
-    return [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+def columns(board: dict) -> list[tuple[str, str, str]]:
+    """(row key, title, format): the task's metric and scores, then the costs."""
+    metric = board.get("metric", "accuracy")
+    scores = board.get("scores", ["f1"])
+    title = TITLES.get(metric, f"test {metric}")
+    return [
+        ("method", "method", "{}"),
+        (metric, title, "{:.4f}"),
+        (f"{metric}_std", "± std", "{:.4f}"),
+        ("gain", "gain over base", "{:+.4f}"),
+        *[(k, TITLES.get(k, k), "{:.1f}" if k == "gen_len" else "{:.4f}") for k in scores],
+        *COST_COLUMNS,
+    ]
+
+
+def cells(board: dict, row: dict) -> list[str]:
+    return [fmt.format(row[key]) for key, _, fmt in columns(board)]
 
 
 def markdown_table(board: dict) -> str:
-    lines = [
-        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in board["rows"]]
+    cols = columns(board)
+    lines = ["| " + " | ".join(title for _, title, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cells(board, row)) + " |" for row in board["rows"]]
     return "\n".join(lines)
 
 
@@ -43,19 +52,22 @@ def summary(board: dict) -> str:
     if not rows:
         return "No run finished."
     base = rows[0]["base"]
+    metric = board.get("metric", "accuracy")
+    higher = board.get("greater_is_better", True)
     seeds = max(len(r["seeds"]) for r in rows)
     majority = board.get("majority_baseline")
-    first = f"Base model test accuracy: {base:.4f}"
+    first = f"Base model test {metric}: {base:.4f}"
     if majority is not None:
         first += f"; always predicting the most frequent label: {majority:.4f}"
     text = [f"{first}. Means over {seeds} seed(s)."]
     for row in rows:
-        verdict = "better than" if row["gain"] > 0 else "not better than"
+        better = row["gain"] > 0 if higher else row["gain"] < 0
+        verdict = "better than" if better else "not better than"
         note = ""
-        if majority is not None and row["accuracy"] <= majority + 0.005:
+        if majority is not None and row[metric] <= majority + 0.005:
             note = " (no better than the majority label: not learned at this budget)"
         text.append(
-            f"- {row['method']}: {row['accuracy']:.4f} ({row['gain']:+.4f}), {verdict} the "
+            f"- {row['method']}: {row[metric]:.4f} ({row['gain']:+.4f}), {verdict} the "
             f"base model{note}, training {row['trainable_percent']:.3f}% of the parameters."
         )
     for failure in board["failures"]:
@@ -74,9 +86,9 @@ def write_compare_report(board: dict, records: list[dict], out: Path) -> None:
 
 
 def html_page(board: dict, out: Path) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns(board))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(row)) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(board, row)) + "</tr>"
         for row in board["rows"]
     )
     images = "".join(
@@ -110,18 +122,19 @@ figure {{ display: inline-block; margin: 1em; }}
 
 def plot_metric_vs_params(board: dict, path: Path) -> None:
     plt = pyplot()
+    metric = board.get("metric", "accuracy")
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in board["rows"]:
         ax.errorbar(
             max(row["trainable_params"], 1),
-            row["accuracy"],
-            yerr=row["accuracy_std"],
+            row[metric],
+            yerr=row[f"{metric}_std"],
             fmt="o",
             capsize=3,
         )
         ax.annotate(
             row["method"],
-            (max(row["trainable_params"], 1), row["accuracy"]),
+            (max(row["trainable_params"], 1), row[metric]),
             textcoords="offset points",
             xytext=(5, 5),
             fontsize=8,
@@ -131,7 +144,7 @@ def plot_metric_vs_params(board: dict, path: Path) -> None:
         ax.legend()
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"test {metric}")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

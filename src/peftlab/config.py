@@ -45,7 +45,11 @@ class ModelArgs:
         "LMs and linear otherwise.",
         choices=("auto", "label_words", "linear"),
     )
-    max_length: int = arg(128, "Longest input in tokens; longer texts are truncated.")
+    max_length: int = arg(
+        128,
+        "Longest input (text, article or prompt) in tokens; longer inputs are truncated "
+        "(classification keeps the end, generation tasks the beginning of the text).",
+    )
     allow_pickle: bool = arg(
         False, "Allow loading pickled (.bin/.pt) weights. Off by default: safetensors only."
     )
@@ -61,6 +65,12 @@ class DataArgs:
     )
     text_column: str | None = arg(None, "Column holding the input text (default: 'text').")
     label_column: str | None = arg(None, "Column holding the label (default: 'label').")
+    target_column: str | None = arg(
+        None,
+        "Generation tasks: column holding the summary or response (default: the first of "
+        "summary/highlights/headline/target, or response/completion/output/answer; causal_lm "
+        "without one trains on the text itself).",
+    )
     labels: list[str] | None = arg(
         None,
         "Label names in order (comma-separated). Default: the dataset's own names, or the "
@@ -69,7 +79,9 @@ class DataArgs:
     template: str | None = arg(
         None,
         "Input template with a {text} slot, e.g. 'Review: {text}\\nSentiment:'. Default: "
-        "the dataset's own template for label-word heads, '{text}' for linear heads.",
+        "the dataset's own template for the task; else '{text}' for linear heads and "
+        "encoder-decoders (T5: 'summarize: {text}'), 'Text: {text}\\nLabel:' for label words, "
+        "'Article: {text}\\nSummary:' for decoder summarization.",
     )
     label_words: list[str] | None = arg(
         None,
@@ -82,13 +94,57 @@ class DataArgs:
     test_fraction: float = arg(
         0.1, "Share of the data held out for the test when the data has no own split."
     )
-    train_samples: int = arg(
-        1000, "Train on at most this many examples (seeded sample; 0 = all).", flag="train-samples"
+    train_samples: int | None = arg(
+        None,
+        "Train on at most this many examples (0 = all; default: 1000, summarization 400).",
+        flag="train-samples",
     )
-    validation_samples: int = arg(
-        200, "Validate on at most this many examples (0 = all).", flag="validation-samples"
+    validation_samples: int | None = arg(
+        None,
+        "Validate on at most this many examples (0 = all; default: 200, summarization 100).",
+        flag="validation-samples",
     )
-    test_samples: int = arg(500, "Test on at most this many examples (0 = all).")
+    test_samples: int | None = arg(
+        None, "Test on at most this many examples (0 = all; default: 500, summarization 200)."
+    )
+
+
+TASKS = ("classification", "summarization", "causal_lm")
+# Summaries are long inputs generated token by token: a smaller default budget keeps a
+# CPU run of the built-in model in minutes. Explicit --*-samples always win.
+SAMPLE_DEFAULTS = {
+    "classification": (1000, 200, 500),
+    "summarization": (400, 100, 200),
+    "causal_lm": (1000, 200, 500),
+}
+
+
+@dataclass
+class TaskArgs:
+    name: str = arg(
+        "classification",
+        "What to fine-tune for: classification (text -> label), summarization (article -> "
+        "summary, scored by ROUGE) or causal_lm (text, or prompt -> response, scored by "
+        "perplexity).",
+        flag="task",
+        choices=TASKS,
+    )
+    max_target_length: int = arg(
+        64, "Generation tasks: longest summary or response in tokens; longer ones are cut."
+    )
+    max_new_tokens: int = arg(
+        32, "Generation tasks: most tokens generated per input when evaluating."
+    )
+    num_beams: int = arg(1, "Generation tasks: beam search width (1 = greedy decoding).")
+    chat_template: str = arg(
+        "auto",
+        "causal_lm prompt/response pairs: wrap each prompt in the tokenizer's chat template "
+        "(auto: when the tokenizer has one).",
+        choices=("auto", "on", "off"),
+    )
+    sample_generations: int = arg(
+        4, "Generation tasks: test examples shown base vs tuned in the report."
+    )
 
 
 @dataclass
@@ -165,6 +221,7 @@ class TrainArgs:
 class RunConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
+    task: TaskArgs = field(default_factory=TaskArgs)
     method: MethodArgs = field(default_factory=MethodArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     out: str | None = arg(None, "Run directory (default: runs/<timestamp>-<name>).")
@@ -174,6 +231,8 @@ class RunConfig:
         if self.name:
             return self.name
         parts = [self.method.name, Path(self.model.name).name, Path(self.data.name).stem]
+        if self.task.name != "classification":
+            parts.append(self.task.name)
         return "-".join(p.replace("/", "_") for p in parts)
 
     def resolved(self) -> RunConfig:
@@ -183,6 +242,10 @@ class RunConfig:
         cfg = copy.deepcopy(self)
         if cfg.train.lr is None:
             cfg.train.lr = METHODS[cfg.method.name].default_lr
+        defaults = SAMPLE_DEFAULTS[cfg.task.name]
+        for name, default in zip(SAMPLE_FIELDS, defaults, strict=True):
+            if getattr(cfg.data, name) is None:
+                setattr(cfg.data, name, default)
         return cfg
 
     def to_dict(self) -> dict:
@@ -219,7 +282,9 @@ class RunConfig:
         _positive(self, m, "adapter_size")
         _non_negative(self, t, "epochs", "max_steps", "weight_decay", "max_grad_norm")
         _non_negative(self, t, "eval_every", "checkpoint_every")
-        _non_negative(self, d, "train_samples", "validation_samples", "test_samples")
+        _non_negative(self, d, *(n for n in SAMPLE_FIELDS if getattr(d, n) is not None))
+        _positive(self, self.task, "max_target_length", "max_new_tokens", "num_beams")
+        _non_negative(self, self.task, "sample_generations")
         if t.epochs == 0 and t.max_steps == 0:
             raise ConfigError("train.epochs", 0, "set epochs > 0 or max_steps > 0")
         for name in ("warmup_ratio",):
@@ -261,7 +326,8 @@ def _fraction(cfg, section, name, upper_inclusive=False):
         raise ConfigError(field_path(cfg, section, name), value, "use a fraction in [0, 1)")
 
 
-SECTIONS = ("model", "data", "method", "train")
+SECTIONS = ("model", "data", "task", "method", "train")
+SAMPLE_FIELDS = ("train_samples", "validation_samples", "test_samples")
 
 
 def iter_fields(cfg: RunConfig):

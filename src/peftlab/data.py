@@ -1,4 +1,8 @@
-"""Rows from anywhere -> labelled train/validation/test splits.
+"""Rows from anywhere -> train/validation/test splits of examples for a task.
+
+Classification examples are (text, label); generation examples are (text, target): an
+article and its summary, a prompt and its response, or a text alone for plain language
+modelling.
 
 Sources: the built-in datasets, local CSV/TSV/JSONL/JSON/Parquet files (or a folder of
 train/validation/test files), and Hub datasets. Splits are deterministic: a fixed
@@ -34,10 +38,22 @@ FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 SPLIT_SEED = 1234  # fixed: every run and seed sees the same split
 
 
+# Generation tasks find their columns by these common names unless told otherwise.
+SOURCE_COLUMNS = {
+    "summarization": ("text", "article", "document", "dialogue", "source"),
+    "causal_lm": ("prompt", "instruction", "question", "input", "text"),
+}
+TARGET_COLUMNS = {
+    "summarization": ("summary", "highlights", "headline", "target"),
+    "causal_lm": ("response", "completion", "output", "answer", "target"),
+}
+
+
 @dataclass(frozen=True)
 class Example:
     text: str
-    label: int
+    label: int = -1  # classification only
+    target: str | None = None  # generation only: the summary or response
 
 
 @dataclass
@@ -47,23 +63,27 @@ class Source:
     frames: dict[str, pd.DataFrame]  # split name -> rows; "all" when unsplit
     description: str
     label_names: list[str] | None = None  # names the source itself declares
-    template: str | None = None  # the source's own prompt template
+    templates: dict[str, str] = field(default_factory=dict)  # task -> its own template
     label_words: list[str] | None = None
+    columns: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (text, target)
 
 
 @dataclass
-class LabeledData:
+class TaskData:
     splits: dict[str, list[Example]]
-    label_names: list[str]
+    label_names: list[str]  # empty for generation tasks
     template: str | None
     label_words: list[str] | None
     description: str
     sha256: str
     sizes: dict[str, int] = field(default_factory=dict)
+    columns: tuple[str, str | None] | None = None  # generation: (text, target) used
 
 
-def load(args: DataArgs) -> LabeledData:
+def load(args: DataArgs, task: str = "classification") -> TaskData:
     source = load_source(args.name)
+    if task != "classification":
+        return _load_generation(source, args, task)
     text_col = args.text_column or "text"
     label_col = args.label_column or "label"
     frames = {
@@ -73,6 +93,72 @@ def load(args: DataArgs) -> LabeledData:
     label_names = _label_names(frames, args.labels or source.label_names, label_col, args.name)
     index = {name: i for i, name in enumerate(label_names)}
     examples = {name: _to_examples(frame, index, args.name, name) for name, frame in frames.items()}
+    splits = _capped_splits(examples, args)
+    return TaskData(
+        splits=splits,
+        label_names=label_names,
+        template=source.templates.get("classification"),
+        label_words=source.label_words,
+        description=source.description,
+        sha256=content_hash(splits, label_names),
+        sizes={name: len(rows) for name, rows in splits.items()},
+    )
+
+
+def _load_generation(source: Source, args: DataArgs, task: str) -> TaskData:
+    """Text (+ target) examples: summarization needs a target, causal_lm may have one."""
+    any_frame = next(iter(source.frames.values()))
+    given_text, given_target = source.columns.get(task, (None, None))
+    text_col = args.text_column or given_text or _first_present(any_frame, SOURCE_COLUMNS[task])
+    target_col = (
+        args.target_column or given_target or _first_present(any_frame, TARGET_COLUMNS[task])
+    )
+    if text_col is None or (task == "summarization" and target_col is None):
+        missing, flag = (
+            ("text", "--text-column") if text_col is None else ("summary", "--target-column")
+        )
+        raise DataError(
+            f"dataset '{args.name}' has no {missing} column I recognise; it has "
+            f"{list(map(str, any_frame.columns))}. Choose one with {flag}"
+        )
+    examples = {}
+    for name, frame in source.frames.items():
+        columns = [text_col] + ([target_col] if target_col else [])
+        for column in columns:
+            if column not in frame.columns:
+                flag = "--text-column" if column == text_col else "--target-column"
+                raise DataError(
+                    f"{args.name} ({name}) has no column '{column}'; it has "
+                    f"{list(map(str, frame.columns))}. Choose one with {flag}"
+                )
+        rows, skipped = [], 0
+        targets = frame[target_col] if target_col else [None] * len(frame)
+        for text, target in zip(frame[text_col], targets, strict=True):
+            if _is_missing(text) or not str(text).strip() or (target_col and _is_missing(target)):
+                skipped += 1
+                continue
+            rows.append(Example(str(text), target=None if target is None else str(target)))
+        if skipped:
+            print(f"note: skipped {skipped} {name} rows with an empty text or target", flush=True)
+        examples[name] = rows
+    splits = _capped_splits(examples, args)
+    return TaskData(
+        splits=splits,
+        label_names=[],
+        template=source.templates.get(task),
+        label_words=None,
+        description=source.description,
+        sha256=content_hash(splits, []),
+        sizes={name: len(rows) for name, rows in splits.items()},
+        columns=(text_col, target_col),
+    )
+
+
+def _first_present(frame: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if name in frame.columns), None)
+
+
+def _capped_splits(examples: dict[str, list[Example]], args: DataArgs) -> dict:
     splits = _split(examples, args)
     caps = {
         "train": args.train_samples,
@@ -83,22 +169,15 @@ def load(args: DataArgs) -> LabeledData:
     for name in SPLITS:
         if not splits[name]:
             raise DataError(f"dataset '{args.name}': the {name} split is empty; add more rows")
-    return LabeledData(
-        splits=splits,
-        label_names=label_names,
-        template=source.template,
-        label_words=source.label_words,
-        description=source.description,
-        sha256=content_hash(splits, label_names),
-        sizes={name: len(rows) for name, rows in splits.items()},
-    )
+    return splits
 
 
 def content_hash(splits: dict[str, list[Example]], label_names: list[str]) -> str:
     h = hashlib.sha256(json.dumps(label_names).encode())
     for name in SPLITS:
         for ex in splits[name]:
-            h.update(f"{name}\t{ex.label}\t{ex.text}\n".encode())
+            target = "" if ex.target is None else f"\t{ex.target}"
+            h.update(f"{name}\t{ex.label}\t{ex.text}{target}\n".encode())
     return h.hexdigest()
 
 
@@ -134,7 +213,7 @@ def _load_rotten_tomatoes() -> Source:
         {"all": frame.reset_index(drop=True)},
         BUILTIN_DATASETS["rotten_tomatoes"].description,
         label_names=["negative", "positive"],
-        template="Review: {text}\nSentiment:",
+        templates={"classification": "Review: {text}\nSentiment:"},
     )
 
 
@@ -153,7 +232,11 @@ def _load_bbc_news() -> Source:
         {"all": pd.DataFrame(rows)},
         BUILTIN_DATASETS["bbc_news"].description,
         label_names=sorted({r["label"] for r in rows}),
-        template="Article: {text}\nTopic:",
+        templates={
+            "classification": "Article: {text}\nTopic:",
+            "summarization": "Article: {text}\nHeadline:",
+        },
+        columns={"summarization": ("text", "headline")},
     )
 
 

@@ -1,8 +1,14 @@
-"""Batched, no-grad evaluation with timing and memory accounting."""
+"""Batched, no-grad evaluation with timing and memory accounting.
+
+Tasks score themselves (`task.measure`); this module gives them batches that never fail
+for size: longest first, so an out-of-memory shows up on the first batch, and a batch
+that does not fit is split in halves and retried instead of ending a long run.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +28,52 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def map_batches(
+    items: list,
+    lengths: list[int],
+    batch_size: int,
+    fn: Callable[[list], list],
+    desc: str = "eval",
+) -> list:
+    """fn(list of items) -> one result per item, for every item, in the items' order.
+
+    A batch that runs out of memory is halved and retried (down to one item, which then
+    fails for real); the smaller size is kept for the remaining batches.
+    """
+    results: list = [None] * len(items)
+    pending = length_sorted_batches(lengths, batch_size)
+    bar = tqdm(total=len(items), desc=desc, leave=False, disable=None)
+    while pending:
+        indices = pending.pop(0)
+        try:
+            outputs = fn([items[i] for i in indices])
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_out_of_memory(exc) or len(indices) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(indices) // 2
+            rest = [i for batch in pending for i in batch]
+            pending = [indices[:half], indices[half:]]
+            pending += [rest[i : i + half] for i in range(0, len(rest), half)]
+            print(f"note: {desc}: a batch of {len(indices)} did not fit; using {half}", flush=True)
+            continue
+        for i, output in zip(indices, outputs, strict=True):
+            results[i] = output
+        bar.update(len(indices))
+    bar.close()
+    return results
+
+
 def evaluate(
     model,
     task,
@@ -30,24 +82,24 @@ def evaluate(
     precision: str = "fp32",
     device: torch.device | None = None,
     desc: str = "eval",
+    generate: bool = True,
 ) -> dict:
+    """The task's metrics on `items`, plus runtime, throughput and peak memory.
+
+    generate=False skips text generation (validation during training: loss only).
+    """
     device = device or next(model.parameters()).device
-    batches = length_sorted_batches([len(it.input_ids) for it in items], batch_size)
     was_training = model.training
     model.eval()
-    all_logits = torch.empty(len(items), len(task.label_names))
-    labels = torch.tensor([it.label for it in items])
     with Meter() as meter, torch.inference_mode(), autocast(precision, device):
-        for indices in tqdm(batches, desc=desc, leave=False, disable=None):
-            batch = {k: v.to(device) for k, v in task.collate([items[i] for i in indices]).items()}
-            all_logits[indices] = task.logits(model, batch).cpu()
+        metrics = task.measure(model, items, batch_size, device, desc, generate)
     model.train(was_training)
-    metrics = task.score(all_logits, labels)
+    batches = -(-len(items) // batch_size)
     metrics.update(
         runtime_s=round(meter.seconds, 3),
         samples=len(items),
         samples_per_s=round(len(items) / meter.seconds, 3),
-        steps_per_s=round(len(batches) / meter.seconds, 3),
+        steps_per_s=round(batches / meter.seconds, 3),
         peak_memory_mb=round(meter.peak_memory_mb, 1),
     )
     if meter.cuda_peak_memory_mb is not None:

@@ -26,7 +26,7 @@ ENCODER_TYPES = {
 class ModelInfo:
     kind: str  # "causal_lm" | "encoder" | "seq2seq"
     model_type: str
-    head: str  # "label_words" | "linear"
+    head: str  # "label_words" | "linear" (classification) | "lm" (generation tasks)
     path: str  # local folder or Hub id (prompt-tuning text init reads its tokenizer)
 
 
@@ -96,7 +96,11 @@ def load_model(
     extra: dict | None = None,
 ):
     """`extra`: more from_pretrained kwargs from the method (a quantization config)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     kwargs = {"use_safetensors": None if allow_pickle else True, **(extra or {})}
     if info.head == "linear":
@@ -108,7 +112,7 @@ def load_model(
             pad_token_id=tokenizer.pad_token_id,
         )
     else:
-        auto = AutoModelForCausalLM
+        auto = AutoModelForSeq2SeqLM if info.kind == "seq2seq" else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(source.path, **kwargs)
     except OSError as exc:

@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftlab.fsutil import write_text_atomic
+from peftlab.tasks import spec_of
 
 METRIC_ROWS = (
     ("accuracy", "{:.4f}"),
     ("f1", "{:.4f}"),
+    ("rouge1", "{:.4f}"),
+    ("rouge2", "{:.4f}"),
+    ("rougeL", "{:.4f}"),
+    ("rougeLsum", "{:.4f}"),
+    ("gen_len", "{:.1f}"),
     ("loss", "{:.4f}"),
+    ("perplexity", "{:.3f}"),
     ("runtime_s", "{:.1f}"),
     ("samples_per_s", "{:.2f}"),
     ("steps_per_s", "{:.2f}"),
@@ -39,7 +46,10 @@ def cost_table(record: dict) -> str:
         ("train throughput", f"{t['samples_per_s']:.2f} samples/s, {t['steps_per_s']:.3f} steps/s"),
         ("train peak memory", f"{t['peak_memory_mb']:.0f} MB"),
         ("adapter size", f"{adapter['size_mb']:.2f} MB ({adapter['format']})"),
-        ("best validation", f"{t['best_validation']} at step {t['best_step']}"),
+        (
+            "best validation",
+            f"{spec_of(record).validation} {t['best_validation']} at step {t['best_step']}",
+        ),
     ]
     return "\n".join(["| cost | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
@@ -54,7 +64,8 @@ def write_report(record) -> Path:
     cfg = record["config"]
     env = record["environment"]
     text = [
-        f"# peftlab run: {cfg['method']['name']} on {cfg['model']['name']} / {cfg['data']['name']}",
+        f"# peftlab run: {cfg['method']['name']} on {cfg['model']['name']} / "
+        f"{cfg['data']['name']} ({spec_of(record).name})",
         "",
         f"Test split: {record['before']['samples']} examples. Data sha256 "
         f"`{env['data_sha256'][:16]}`, model sha256 `{(env['model_sha256'] or 'n/a')[:16]}`, "
@@ -70,6 +81,7 @@ def write_report(record) -> Path:
         "",
     ]
     text += [f"![{name}]({name})\n" for name in plots]
+    text += generations_section(record)
     text += [
         "## Environment",
         "",
@@ -125,9 +137,31 @@ def plot_loss(record: dict, path: Path) -> bool:
     return True
 
 
+def generations_section(record: dict, clip: int = 400) -> list[str]:
+    """Base vs tuned outputs for the same test inputs, one block per input."""
+    before = record["before"].get("generations") or []
+    after = record["after"].get("generations") or []
+    if not before:
+        return []
+
+    def quoted(text: str | None) -> str:
+        text = (text or "").strip()
+        text = text if len(text) <= clip else text[:clip] + " ..."
+        return "\n".join("> " + line for line in text.splitlines()) or "> (empty)"
+
+    lines = ["## Generations: base vs tuned", ""]
+    for number, (b, a) in enumerate(zip(before, after, strict=False), start=1):
+        lines += [f"### Test example {number}", "", "**Input**", "", quoted(b["input"]), ""]
+        if b.get("reference"):
+            lines += ["**Reference**", "", quoted(b["reference"]), ""]
+        lines += ["**Base model**", "", quoted(b["output"]), ""]
+        lines += ["**Tuned**", "", quoted(a["output"]), ""]
+    return lines
+
+
 def plot_bars(record: dict, path: Path) -> bool:
     plt = pyplot()
-    keys = ["accuracy", "f1"]
+    keys = list(spec_of(record).scores)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = range(len(keys))
     before = [record["before"][k] for k in keys]
@@ -138,7 +172,8 @@ def plot_bars(record: dict, path: Path) -> bool:
         ax.text(i - 0.2, b, f"{b:.3f}", ha="center", va="bottom", fontsize=8)
         ax.text(i + 0.2, a, f"{a:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(x), keys)
-    ax.set_ylim(0, 1.08)
+    top = max(before + after)
+    ax.set_ylim(0, 1.08 if top <= 1 else top * 1.15)
     ax.set_title("test split")
     ax.legend(loc="lower right")
     fig.tight_layout()

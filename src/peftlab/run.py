@@ -21,7 +21,8 @@ from peftlab.methods import base_model, get_method
 from peftlab.models import count_parameters
 from peftlab.record import RunRecord, environment
 from peftlab.report import write_report
-from peftlab.tasks.classification import ClassificationTask, LabelWordHead, LinearHead
+from peftlab.tasks import TASK_SPECS
+from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.train import train
 
 
@@ -29,7 +30,7 @@ from peftlab.train import train
 class Shared:
     """What the runs of one comparison share: data, its encoding, the base evaluation."""
 
-    dataset: data.LabeledData | None = None
+    dataset: data.TaskData | None = None
     items: dict | None = None
     before: dict | None = None
 
@@ -45,10 +46,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     method = get_method(cfg.method.name)
-    dataset = shared.dataset = shared.dataset or data.load(cfg.data)
-    log(f"data: {dataset.description}: {dataset.sizes} examples, labels {dataset.label_names}")
+    dataset = shared.dataset = shared.dataset or data.load(cfg.data, cfg.task.name)
+    log(f"data: {dataset.description}: {dataset.sizes} examples, {describe(dataset)}")
 
-    tokenizer = models.load_tokenizer(source, padding_side=head_class(info).padding_side)
+    tokenizer = models.load_tokenizer(source, padding_side=padding_side(info))
     task = build_task(cfg, info, dataset, tokenizer)
     extra = method.load_kwargs(cfg.method) if method.load_kwargs else None
     model = models.load_model(
@@ -69,17 +70,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
     record["environment"] = environment(
         cfg.train.seed, assets.model_fingerprint(source), dataset.sha256
     )
-    record["data"] = {
-        "description": dataset.description,
-        "sizes": dataset.sizes,
-        "label_names": dataset.label_names,
-        "label_counts": {
-            split: [sum(ex.label == i for ex in rows) for i in range(len(dataset.label_names))]
-            for split, rows in dataset.splits.items()
-        },
-        "template": task.template,
-        "label_words": getattr(task.head, "label_words", None),
-    }
+    record["data"] = data_summary(dataset, task)
 
     if "before" not in record and shared.before:
         record["before"] = shared.before
@@ -96,7 +87,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
             )
         record.save()
     shared.before = record["before"]
-    log(summary_line("base", record["before"]))
+    log(summary_line("base", record["before"], cfg.task.name))
 
     log(
         f"{method.name}: {trainable:,} trainable of {total:,} parameters "
@@ -121,7 +112,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
         cfg.train.precision,
         desc="test (tuned)",
     )
-    log(summary_line("tuned", record["after"]))
+    log(summary_line("tuned", record["after"], cfg.task.name))
     record["adapter"] = save_artifact(
         model, tokenizer, run_dir / "adapter", manifest(cfg, info, record), method.kind
     )
@@ -172,57 +163,60 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def model_info(source: assets.ModelSource, cfg: RunConfig) -> models.ModelInfo:
-    config = models.load_config(source)
-    kind = models.model_kind(config)
-    if kind == "seq2seq":
-        raise PeftlabError(
-            f"'{cfg.model.name}' is an encoder-decoder model; classification supports decoder "
-            "LMs and encoders"
+def describe(dataset: data.TaskData) -> str:
+    if dataset.label_names:
+        return f"labels {dataset.label_names}"
+    text, target = dataset.columns
+    return f"columns {text} -> {target}" if target else f"column {text} (plain text)"
+
+
+def data_summary(dataset: data.TaskData, task) -> dict:
+    summary = {
+        "description": dataset.description,
+        "sizes": dataset.sizes,
+        "template": task.template,
+    }
+    if dataset.label_names:
+        summary.update(
+            label_names=dataset.label_names,
+            label_counts={
+                split: [sum(ex.label == i for ex in rows) for i in range(len(dataset.label_names))]
+                for split, rows in dataset.splits.items()
+            },
+            label_words=getattr(task.head, "label_words", None),
         )
-    head = models.resolve_head(cfg.model.head, kind, cfg.model.name)
-    return models.ModelInfo(kind=kind, model_type=config.model_type, head=head, path=source.path)
-
-
-def head_class(info: models.ModelInfo):
-    return LabelWordHead if info.head == "label_words" else LinearHead
-
-
-def build_task(cfg: RunConfig, info, dataset: data.LabeledData, tokenizer) -> ClassificationTask:
-    if info.head == "label_words":
-        words = cfg.data.label_words or dataset.label_words or dataset.label_names
-        if len(words) != len(dataset.label_names):
-            raise PeftlabError(
-                f"data.label_words has {len(words)} words for {len(dataset.label_names)} labels "
-                f"{dataset.label_names}; give one word per label"
-            )
-        head = LabelWordHead(tokenizer, words)
-        template = cfg.data.template or dataset.template or "Text: {text}\nLabel:"
     else:
-        head = LinearHead()
-        template = cfg.data.template or "{text}"
-    return ClassificationTask(tokenizer, head, dataset.label_names, template, cfg.model.max_length)
+        summary.update(columns=list(dataset.columns), chat_template=task.chat)
+    return summary
 
 
 def manifest(cfg: RunConfig, info: models.ModelInfo, record: RunRecord) -> dict:
     data_info = record["data"]
-    return {
+    spec = TASK_SPECS[cfg.task.name]
+    manifest = {
         "base_model": cfg.model.name,
         "base_model_sha256": record["environment"]["model_sha256"],
         "model_kind": info.kind,
-        "task": "classification",
+        "task": cfg.task.name,
         "head": info.head,
         "method": cfg.method.name,
-        "label_names": data_info["label_names"],
+        "label_names": data_info.get("label_names"),
         "template": data_info["template"],
-        "label_words": data_info["label_words"],
+        "label_words": data_info.get("label_words"),
         "max_length": cfg.model.max_length,
-        "metrics": {k: record["after"][k] for k in ("accuracy", "f1", "loss")},
+        "metrics": {k: record["after"][k] for k in (*spec.scores, "loss")},
     }
+    if cfg.task.name != "classification":
+        manifest["chat_template"] = data_info["chat_template"]
+        manifest["generation"] = {
+            "max_target_length": cfg.task.max_target_length,
+            "max_new_tokens": cfg.task.max_new_tokens,
+            "num_beams": cfg.task.num_beams,
+        }
+    return manifest
 
 
-def summary_line(name: str, metrics: dict) -> str:
-    return (
-        f"{name}: accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  "
-        f"loss {metrics['loss']:.4f}  ({metrics['samples_per_s']:.1f} samples/s)"
-    )
+def summary_line(name: str, metrics: dict, task: str = "classification") -> str:
+    keys = dict.fromkeys((*TASK_SPECS[task].scores, "loss"))
+    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+    return f"{name}: {shown}  ({metrics['samples_per_s']:.1f} samples/s)"

@@ -164,6 +164,8 @@ def train(
         state, best = checkpoints.load(accelerator.unwrap_model(model), optimizer, scheduler)
         log(f"resumed from {checkpoint_dir} at step {state.step}/{total_steps}")
 
+    metric, higher_is_better = task.validation
+
     def validate() -> None:
         nonlocal best
         metrics = evaluate(
@@ -174,20 +176,21 @@ def train(
             args.precision,
             device,
             desc="validate",
+            generate=False,
         )
-        entry = {
-            "step": state.step,
-            "epoch": state.epoch,
-            **{k: metrics[k] for k in ("accuracy", "f1", "loss")},
-        }
+        entry = {"step": state.step, "epoch": state.epoch}
+        entry.update({k: metrics[k] for k in task.validation_keys})
         state.evals.append(entry)
-        value = metrics[task.metric]
-        if state.best_metric is None or value > state.best_metric:
+        value = metrics[metric]
+        improved = state.best_metric is None or (
+            value > state.best_metric if higher_is_better else value < state.best_metric
+        )
+        if improved:
             state.best_metric, state.best_step = value, state.step
             if args.keep_best:
                 best = trainable_state(accelerator.unwrap_model(model))
         log(
-            f"step {state.step}: validation {task.metric} {value:.4f} (best {state.best_metric:.4f}"
+            f"step {state.step}: validation {metric} {value:.4f} (best {state.best_metric:.4f}"
             f" at step {state.best_step})"
         )
 
@@ -250,9 +253,7 @@ def train(
     unwrapped = accelerator.unwrap_model(model)
     if args.keep_best and best is not None and state.best_step != state.step:
         load_trainable_state(unwrapped, best)
-        log(
-            f"kept the best weights: step {state.best_step} ({task.metric} {state.best_metric:.4f})"
-        )
+        log(f"kept the best weights: step {state.best_step} ({metric} {state.best_metric:.4f})")
     return {
         "runtime_s": round(meter.seconds, 3),
         "train_compute_s": round(state.train_seconds, 3),
@@ -272,8 +273,14 @@ def train(
 
 
 def train_step(model, task, items, window, optimizer, scheduler, accelerator, args) -> float:
-    """One optimizer step over an accumulation window; returns the window's mean loss."""
-    total = sum(len(b) for b in window)
+    """One optimizer step over an accumulation window; returns the window's mean loss.
+
+    The loss is a mean over the task's units (examples, or target tokens for generation):
+    each batch is weighted by its share of the window's units, so a window equals one big
+    batch whatever the accumulation.
+    """
+    units = [sum(task.units(items[j]) for j in indices) for indices in window]
+    total = max(1, sum(units))
     loss_sum = 0.0
     for i, indices in enumerate(window):
         batch = {
@@ -283,10 +290,9 @@ def train_step(model, task, items, window, optimizer, scheduler, accelerator, ar
         last = i == len(window) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync, autocast(args.precision, accelerator.device):
-            loss = task.loss(task.logits(model, batch), batch)
-            # Weight by batch share so a window equals one big batch of `total` examples.
-            accelerator.backward(loss * len(indices) / total)
-        loss_sum += loss.item() * len(indices)
+            loss = task.loss(model, batch)
+            accelerator.backward(loss * units[i] / total)
+        loss_sum += loss.item() * units[i]
     if args.max_grad_norm:
         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
     optimizer.step()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from peftlab.data import Example
 from peftlab.errors import ConfigError
+from peftlab.evaluate import map_batches
 
 # Prompt-style peft models drop position ids (warning on every batch); every other model
 # needs them with left padding, so the head always passes them.
@@ -81,7 +82,8 @@ class Encoded:
 
 class ClassificationTask:
     name = "classification"
-    metric = "accuracy"  # what "best" means during training
+    validation = ("accuracy", True)  # what "best" means during training; higher is better
+    validation_keys = ("accuracy", "f1", "loss")
 
     def __init__(self, tokenizer, head, label_names: list[str], template: str, max_length: int):
         self.tokenizer = tokenizer
@@ -108,8 +110,20 @@ class ClassificationTask:
     def logits(self, model, batch: dict) -> torch.Tensor:
         return self.head.logits(model, batch)
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(logits, batch["labels"])
+    def units(self, item: Encoded) -> int:
+        return 1  # the loss is a mean over examples
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["labels"])
+
+    def measure(self, model, items, batch_size, device, desc, generate=True) -> dict:
+        def logits_of(chunk: list[Encoded]) -> list[torch.Tensor]:
+            batch = {k: v.to(device) for k, v in self.collate(chunk).items()}
+            return list(self.logits(model, batch).cpu())
+
+        lengths = [len(it.input_ids) for it in items]
+        logits = torch.stack(map_batches(items, lengths, batch_size, logits_of, desc))
+        return self.score(logits, torch.tensor([it.label for it in items]))
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
         loss = F.cross_entropy(logits, labels).item()

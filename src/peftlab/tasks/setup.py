@@ -1,0 +1,94 @@
+"""Which model head and which task object a config asks for, checked against the model."""
+
+from __future__ import annotations
+
+from peftlab import models
+from peftlab.assets import ModelSource
+from peftlab.config import RunConfig
+from peftlab.data import TaskData
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.tasks.classification import ClassificationTask, LabelWordHead, LinearHead
+from peftlab.tasks.generation import GenerationTask
+from peftlab.tasks.text_formats import DecoderLayout, Seq2SeqLayout
+
+
+def model_info(source: ModelSource, cfg: RunConfig) -> models.ModelInfo:
+    config = models.load_config(source)
+    kind = models.model_kind(config)
+    task = cfg.task.name
+    if task == "classification":
+        if kind == "seq2seq":
+            raise PeftlabError(
+                f"'{cfg.model.name}' is an encoder-decoder model; classification supports "
+                "decoder LMs and encoders (encoder-decoders: --task summarization or causal_lm)"
+            )
+        head = models.resolve_head(cfg.model.head, kind, cfg.model.name)
+    else:
+        if kind == "encoder":
+            raise PeftlabError(
+                f"'{cfg.model.name}' is an encoder ({config.model_type}); --task {task} needs "
+                "a model that generates text: a decoder LM or an encoder-decoder"
+            )
+        if cfg.model.head != "auto":
+            raise ConfigError("model.head", cfg.model.head, "--head is for classification; drop it")
+        head = "lm"
+    return models.ModelInfo(kind=kind, model_type=config.model_type, head=head, path=source.path)
+
+
+def padding_side(info: models.ModelInfo) -> str:
+    if info.head == "label_words" or (info.head == "lm" and info.kind == "causal_lm"):
+        return "left"  # the scored or continued position is the last one in every row
+    return "right"
+
+
+def build_task(cfg: RunConfig, info: models.ModelInfo, dataset: TaskData, tokenizer):
+    if cfg.task.name == "classification":
+        return classification_task(cfg, info, dataset, tokenizer)
+    return generation_task(cfg, info, dataset, tokenizer)
+
+
+def classification_task(cfg, info, dataset: TaskData, tokenizer) -> ClassificationTask:
+    if info.head == "label_words":
+        words = cfg.data.label_words or dataset.label_words or dataset.label_names
+        if len(words) != len(dataset.label_names):
+            raise PeftlabError(
+                f"data.label_words has {len(words)} words for {len(dataset.label_names)} labels "
+                f"{dataset.label_names}; give one word per label"
+            )
+        head = LabelWordHead(tokenizer, words)
+        template = cfg.data.template or dataset.template or "Text: {text}\nLabel:"
+    else:
+        head = LinearHead()
+        template = cfg.data.template or "{text}"
+    return ClassificationTask(tokenizer, head, dataset.label_names, template, cfg.model.max_length)
+
+
+def generation_task(cfg, info, dataset: TaskData, tokenizer) -> GenerationTask:
+    seq2seq = info.kind == "seq2seq"
+    layout = Seq2SeqLayout(tokenizer) if seq2seq else DecoderLayout(tokenizer)
+    has_targets = dataset.columns is not None and dataset.columns[1] is not None
+    chat = False
+    if cfg.task.name == "causal_lm" and has_targets and not seq2seq:
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if cfg.task.chat_template == "on" and not has_template:
+            raise ConfigError(
+                "task.chat_template", "on", f"'{cfg.model.name}' has no chat template; use auto"
+            )
+        chat = has_template and cfg.task.chat_template != "off" and not cfg.data.template
+    # A dataset's own template is written for decoders; encoder-decoders get theirs.
+    own = None if seq2seq else dataset.template
+    template = cfg.data.template or own or default_template(cfg.task.name, info)
+    return GenerationTask(
+        cfg.task.name, tokenizer, layout, template, cfg.task, cfg.model.max_length, chat
+    )
+
+
+def default_template(task: str, info: models.ModelInfo) -> str:
+    if info.kind == "seq2seq":
+        # T5 was pre-trained with task prefixes; BART and others take the text as it is.
+        return (
+            "summarize: {text}"
+            if task == "summarization" and info.model_type in ("t5", "mt5", "umt5", "longt5")
+            else "{text}"
+        )
+    return "Article: {text}\nSummary:" if task == "summarization" else "{text}\n"

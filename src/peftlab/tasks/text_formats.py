@@ -1,0 +1,180 @@
+"""How a language model reads a (prompt, target) pair, scores it and writes text.
+
+Two layouts behind one interface:
+- DecoderLayout (GPT-2, Llama, SmolLM2): prompt and target are one left-padded sequence;
+  the loss covers the target tokens only. Left padding puts every row's target at the
+  end, so only the last `longest target + 1` positions need logits: the lm_head (the
+  largest matmul for a small model) runs on those alone.
+- Seq2SeqLayout (T5, BART): the prompt goes to the encoder, the target is the decoder's
+  labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # label value that the loss skips
+
+
+@dataclass
+class TextItem:
+    input_ids: list[int]  # decoder: prompt + target; encoder-decoder: the prompt
+    labels: list[int]  # decoder: IGNORE over the prompt; encoder-decoder: the target
+    prompt_len: int  # generation starts after this many input tokens
+    source: str  # the raw input text (for reports)
+    reference: str | None  # the target text, when there is one
+
+
+def pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    padded = [
+        ([value] * (width - len(r)) + r) if side == "left" else (r + [value] * (width - len(r)))
+        for r in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def target_tokens(item: TextItem) -> int:
+    return sum(label != IGNORE for label in item.labels)
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+    out = []
+    for token in tokens:
+        if token in eos_ids:
+            break
+        if token != pad_id:
+            out.append(token)
+    return out
+
+
+class DecoderLayout:
+    padding_side = "left"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_ids = {tokenizer.eos_token_id} - {None}
+        prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+        self.prefix = [t for t in prefix if t not in self.eos_ids]  # BOS where the model uses one
+
+    def item(
+        self, prompt: str, target: str | None, max_target: int, source: str, special: bool = True
+    ) -> TextItem:
+        """special=False when the prompt already holds its special tokens (chat templates)."""
+        tok = self.tokenizer
+        prompt_ids = (self.prefix if special else []) + (
+            tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        )
+        target_ids = []
+        if target is not None:
+            target_ids = tok(target, add_special_tokens=False)["input_ids"][:max_target]
+            target_ids += sorted(self.eos_ids)[:1]  # learn to stop
+        return TextItem(
+            input_ids=prompt_ids + target_ids,
+            labels=[IGNORE] * len(prompt_ids) + target_ids,
+            prompt_len=len(prompt_ids),
+            source=source,
+            reference=None,
+        )
+
+    def collate(self, items: list[TextItem]) -> dict:
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad([it.input_ids for it in items], pad_id, "left")
+        mask = pad([[1] * len(it.input_ids) for it in items], 0, "left")
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": pad([it.labels for it in items], IGNORE, "left"),
+        }
+
+    def token_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: summed target-token loss and the number of target tokens."""
+        labels, mask = batch["labels"], batch["attention_mask"]
+        width = labels.shape[1]
+        first_target = int((labels != IGNORE).long().argmax(-1).min())
+        keep = width - first_target + 1  # the position before the first target predicts it
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            # Left padding shifts the text right: real tokens get positions 0, 1, 2...
+            position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=0 if keep >= width else keep,
+        )
+        kept = min(keep, width)
+        # Prompt-style methods prepend virtual tokens: the last `kept` positions are ours.
+        logits = out.logits[:, -kept:-1]
+        return row_losses(logits, labels[:, width - kept + 1 :])
+
+    def generate(self, model, items: list[TextItem], max_new_tokens: int, num_beams: int):
+        prompts = [it.input_ids[: it.prompt_len] for it in items]
+        input_ids = pad(prompts, self.tokenizer.pad_token_id, "left")
+        mask = pad([[1] * len(p) for p in prompts], 0, "left")
+        device = next(model.parameters()).device
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new = out[:, input_ids.shape[1] :].tolist()
+        return [cut_at_eos(row, self.eos_ids, self.tokenizer.pad_token_id) for row in new]
+
+
+class Seq2SeqLayout:
+    padding_side = "right"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_ids = {tokenizer.eos_token_id} - {None}
+
+    def item(
+        self, prompt: str, target: str | None, max_target: int, source: str, special: bool = True
+    ) -> TextItem:
+        tok = self.tokenizer
+        prompt_ids = tok(prompt)["input_ids"]  # truncated by the caller
+        target_ids = tok(text_target=target or "", truncation=True, max_length=max_target)[
+            "input_ids"
+        ]
+        if self.eos_ids and (not target_ids or target_ids[-1] not in self.eos_ids):
+            target_ids = target_ids[: max_target - 1] + sorted(self.eos_ids)[:1]  # learn to stop
+        return TextItem(prompt_ids, target_ids, len(prompt_ids), source, None)
+
+    def collate(self, items: list[TextItem]) -> dict:
+        pad_id = self.tokenizer.pad_token_id
+        return {
+            "input_ids": pad([it.input_ids for it in items], pad_id, "right"),
+            "attention_mask": pad([[1] * len(it.input_ids) for it in items], 0, "right"),
+            "labels": pad([it.labels for it in items], IGNORE, "right"),
+        }
+
+    def token_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        # The model shifts the labels right into decoder inputs itself.
+        out = model(**batch)
+        return row_losses(out.logits, batch["labels"])
+
+    def generate(self, model, items: list[TextItem], max_new_tokens: int, num_beams: int):
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad([it.input_ids for it in items], pad_id, "right")
+        mask = pad([[1] * len(it.input_ids) for it in items], 0, "right")
+        device = next(model.parameters()).device
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+        )
+        # Row 0 of the output is the decoder start token.
+        return [cut_at_eos(row[1:], self.eos_ids, pad_id) for row in out.tolist()]
+
+
+def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    losses = F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+    )
+    return losses.sum(-1), (labels != IGNORE).sum(-1)
