@@ -72,3 +72,45 @@ def test_compare_runs_methods_and_seeds_then_reuses_them(
 def test_compare_with_nothing_to_do_is_one_line(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path)]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_compare_summarization_gives_rouge_and_cost_columns(tiny_llama, tmp_path):
+    data = tiny.write_csv(tmp_path / "sum.csv", tiny.summary_rows(160))
+    out = tmp_path / "cmp"
+    argv = [
+        "compare",
+        "--task",
+        "summarization",
+        "--methods",
+        "lora,full",
+        *tiny.where(tiny_llama, data, out),
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "16",
+        "--max-new-tokens",
+        "6",
+    ]
+    assert main(argv) == 0
+    board = json.loads((out / "compare.json").read_text())
+    assert board["task"] == "summarization" and board["metric"] == "rouge1"
+    assert {row["method"] for row in board["rows"]} == {"lora", "full"}
+    for row in board["rows"]:
+        assert row["gain"] > 0 and row["rouge2"] >= 0 and row["gen_len"] > 0
+    table = (out / "compare.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    for title in ("test rouge1", "rougeL", "rougeLsum", "trainable params", "train s", "peak MB"):
+        assert title in header
+    assert "Base model test rouge1" in table
+
+
+def test_runs_of_different_tasks_are_not_ranked_together(tiny_llama, sentiment_csv, tmp_path):
+    common = ["--epochs", "1", "--train-samples", "32", "--test-samples", "8"]
+    common += ["--validation-samples", "8", "--max-new-tokens", "2"]
+    for task in ("classification", "causal_lm"):
+        argv = ["run", *tiny.where(tiny_llama, sentiment_csv, tmp_path / task), *common]
+        assert main([*argv, "--task", task]) == 0
+    argv = ["compare", str(tmp_path / "classification"), str(tmp_path / "causal_lm")]
+    assert main([*argv, "--out", str(tmp_path / "cmp")]) == 2

@@ -96,7 +96,7 @@ class DataArgs:
     )
     train_samples: int | None = arg(
         None,
-        "Train on at most this many examples (0 = all; default: 1000, summarization 400).",
+        "Train on at most this many examples (0 = all; default: 1000, summarization 600).",
         flag="train-samples",
     )
     validation_samples: int | None = arg(
@@ -114,7 +114,7 @@ TASKS = ("classification", "summarization", "causal_lm")
 # CPU run of the built-in model in minutes. Explicit --*-samples always win.
 SAMPLE_DEFAULTS = {
     "classification": (1000, 200, 500),
-    "summarization": (400, 100, 200),
+    "summarization": (600, 100, 200),
     "causal_lm": (1000, 200, 500),
 }
 
