@@ -7,6 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from peftlab.assets import sha256_file
 from peftlab.fsutil import dir_size_bytes, write_dir_atomic, write_json_atomic
 
 MANIFEST = "peftlab.json"
@@ -36,7 +37,11 @@ def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> 
             model.save_pretrained(tmp, safe_serialization=True)
         if kind == "full":
             tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / MANIFEST, {"format_version": MANIFEST_VERSION, **manifest})
+        # Hashes of the weights let a loader tell a truncated or altered file from a good one.
+        files = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+        write_json_atomic(
+            tmp / MANIFEST, {"format_version": MANIFEST_VERSION, **manifest, "files": files}
+        )
 
     write_dir_atomic(folder, fill)
     weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))

@@ -204,7 +204,13 @@ def manifest(cfg: RunConfig, info: models.ModelInfo, record: RunRecord) -> dict:
         "template": data_info["template"],
         "label_words": data_info.get("label_words"),
         "max_length": cfg.model.max_length,
+        "tokenizer": {
+            "padding_side": padding_side(info),
+            "truncation_side": "left" if padding_side(info) == "left" else "right",
+        },
+        "columns": data_info.get("columns"),
         "metrics": {k: record["after"][k] for k in (*spec.scores, "loss")},
+        "config": cfg.to_dict(),  # resolved: rebuilds the task exactly (peftlab predict)
     }
     if cfg.task.name != "classification":
         manifest["chat_template"] = data_info["chat_template"]

@@ -35,6 +35,7 @@ class GenerationTask:
         args: TaskArgs,
         max_length: int,
         chat: bool = False,
+        pairs: bool = True,
     ):
         self.name = name
         self.tokenizer = tokenizer
@@ -43,6 +44,7 @@ class GenerationTask:
         self.args = args
         self.max_length = max_length
         self.chat = chat
+        self.pairs = pairs  # False: plain-text causal LM (no prompt/target split)
 
     # ------------------------------------------------------------ inputs
 
@@ -80,6 +82,12 @@ class GenerationTask:
         )
         item.reference = ex.target
         return item
+
+    def prompt_item(self, text: str) -> TextItem:
+        """What generation starts from for a new input: its prompt, or the text itself."""
+        if not self.pairs:
+            return self.layout.item(text, None, 0, text)
+        return self.layout.item(self.prompt(text), None, 0, text, special=not self.chat)
 
     def encode(self, examples: list[Example]) -> list[TextItem]:
         return [self.encode_one(ex) for ex in examples]

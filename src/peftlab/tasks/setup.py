@@ -79,7 +79,14 @@ def generation_task(cfg, info, dataset: TaskData, tokenizer) -> GenerationTask:
     own = None if seq2seq else dataset.template
     template = cfg.data.template or own or default_template(cfg.task.name, info)
     return GenerationTask(
-        cfg.task.name, tokenizer, layout, template, cfg.task, cfg.model.max_length, chat
+        cfg.task.name,
+        tokenizer,
+        layout,
+        template,
+        cfg.task,
+        cfg.model.max_length,
+        chat,
+        pairs=has_targets or cfg.task.name == "summarization",
     )
 
 

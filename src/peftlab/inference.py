@@ -1,0 +1,114 @@
+"""A saved adapter on its base model, ready to answer: load once, predict in batches.
+
+Rebuilt from the adapter's manifest alone (the resolved run config, labels, template,
+tokenizer settings), so a prediction sees the input exactly as training and evaluation
+did. `use_adapter=False` gives the bare base model with the same task, for comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from peftlab import assets, models
+from peftlab.data import Example, TaskData, read_table
+from peftlab.errors import DataError
+from peftlab.evaluate import map_batches
+from peftlab.methods import get_method, reload_artifact
+from peftlab.package import AdapterPackage, check_base
+from peftlab.tasks.generation import GenerationTask, texts
+from peftlab.tasks.setup import build_task, model_info, padding_side
+
+
+class Predictor:
+    def __init__(
+        self,
+        package: AdapterPackage,
+        base: str | None = None,
+        use_adapter: bool = True,
+        allow_pickle: bool = False,
+        device: torch.device | None = None,
+    ):
+        self.package = package
+        cfg = package.config
+        if base:
+            cfg.model.name = base
+        self.source = assets.resolve_model(cfg.model.name)
+        check_base(package, self.source)
+        self.info = model_info(self.source, cfg)
+        self.method = get_method(cfg.method.name)
+        self.use_adapter = use_adapter
+        manifest = package.manifest
+        self.label_names = manifest.get("label_names") or []
+        self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
+        columns = manifest.get("columns")
+        self.task = build_task(
+            cfg,
+            self.info,
+            TaskData(
+                splits={},
+                label_names=self.label_names,
+                template=manifest.get("template"),
+                label_words=manifest.get("label_words"),
+                description="",
+                sha256="",
+                columns=tuple(columns) if columns else None,
+            ),
+            self.tokenizer,
+        )
+        extra = self.method.load_kwargs(cfg.method) if self.method.load_kwargs else None
+        model = models.load_model(
+            self.source, self.info, self.label_names, self.tokenizer, allow_pickle, extra
+        )
+        if use_adapter:
+            model = reload_artifact(self.method, package.folder, model, cfg.method, self.info)
+        if not extra:  # a quantized base is placed by its loader
+            model.to(device or models.default_device())
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return str(self.package.folder) if self.use_adapter else self.source.name
+
+    @torch.inference_mode()
+    def predict(self, inputs: list[str], batch_size: int = 16) -> list[dict]:
+        """One result per input: {"label", "probabilities"} or {"generation"}."""
+        if isinstance(self.task, GenerationTask):
+            items = [self.task.prompt_item(text) for text in inputs]
+            tokens = self.task.generate(self.model, items, batch_size, "predict")
+            return [{"generation": text} for text in texts(self.tokenizer, tokens)]
+        items = self.task.encode([Example(text, 0) for text in inputs])
+
+        def probabilities(chunk):
+            batch = {k: v.to(self.device) for k, v in self.task.collate(chunk).items()}
+            return list(self.task.logits(self.model, batch).float().softmax(-1).cpu())
+
+        lengths = [len(it.input_ids) for it in items]
+        probs = map_batches(items, lengths, batch_size, probabilities, "predict")
+        return [
+            {
+                "label": self.label_names[int(p.argmax())],
+                "probabilities": {
+                    n: round(float(v), 6) for n, v in zip(self.label_names, p, strict=True)
+                },
+            }
+            for p in probs
+        ]
+
+
+def read_inputs(path: Path, column: str) -> list[str]:
+    """Texts to predict on: one per line of a .txt file, or a column of a table."""
+    if not path.is_file():
+        raise DataError(f"input file '{path}' does not exist")
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line for line in lines if line.strip()]
+    frame = read_table(path)
+    if column not in frame.columns:
+        raise DataError(
+            f"input file '{path}' has no column '{column}'; it has "
+            f"{list(map(str, frame.columns))}. Choose one with --text-column"
+        )
+    return [str(v) for v in frame[column]]
