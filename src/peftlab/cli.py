@@ -106,6 +106,84 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from peftlab.fsutil import write_text_atomic
+    from peftlab.inference import Predictor, read_inputs
+    from peftlab.package import open_package
+
+    package = open_package(args.adapter, args.allow_pickle)
+    inputs = list(args.texts)
+    if args.input:
+        columns = package.manifest.get("columns") or ["text"]
+        inputs += read_inputs(Path(args.input), args.text_column or columns[0])
+    if not inputs:
+        raise PeftlabError("nothing to predict: give texts as arguments or --input FILE")
+    if args.batch_size < 1:
+        raise PeftlabError(f"--batch-size {args.batch_size}: use a number above 0")
+    predictor = Predictor(
+        package, base=args.base, use_adapter=not args.no_adapter, allow_pickle=args.allow_pickle
+    )
+    results = predictor.predict(inputs, args.batch_size)
+    lines = [
+        json.dumps({"text": text, **result}, ensure_ascii=False)
+        for text, result in zip(inputs, results, strict=True)
+    ]
+    if args.output:
+        write_text_atomic(Path(args.output), "\n".join(lines) + "\n")
+        print(f"{len(lines)} predictions ({predictor.name}) -> {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftlab.merge import merge
+
+    result = merge(Path(args.adapter), Path(args.out), args.base, args.tolerance)
+    print(
+        f"merged {result['method']} into {result['base_model']}: {args.out}\n"
+        f"largest output difference, merged vs adapter: {result['max_abs_diff']:.3g} "
+        f"over {result['inputs']} sample inputs (tolerance {args.tolerance:g})"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from peftlab.serving import Limits, parse_adapters, start
+
+    for flag in ("port", "max_batch", "queue_size", "max_input_tokens", "max_new_tokens_limit"):
+        value = getattr(args, flag)
+        if value < (0 if flag == "port" else 1):
+            raise PeftlabError(f"--{flag.replace('_', '-')} {value}: use a positive number")
+    token = args.admin_token or os.environ.get("PEFTLAB_ADMIN_TOKEN")
+    server = start(
+        parse_adapters(args.adapter),
+        base=args.base,
+        host=args.host,
+        port=args.port,
+        admin_token=token,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        limits=Limits(args.max_input_tokens, args.max_new_tokens_limit),
+    )
+    models = ", ".join(row["id"] for row in server.engine.describe())
+    print(f"serving {models} on {server.url}/v1 (admin {'on' if token else 'off'})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.server_close()
+        server.batcher.stop()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from peftlab.assets import BUILTIN_MODELS, PINS
 
@@ -136,6 +214,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 COMMANDS = {
     "compare": cmd_compare,
     "run": cmd_run,
+    "predict": cmd_predict,
+    "merge": cmd_merge,
+    "serve": cmd_serve,
     "models": cmd_models,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
@@ -183,10 +264,92 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare_parser.add_argument("--config", metavar="YAML", help="YAML file of run settings")
     add_config_flags(compare_parser)
+    add_predict_parser(sub)
+    add_merge_parser(sub)
+    add_serve_parser(sub)
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     sub.add_parser("methods", help="list the fine-tuning methods")
     return parser
+
+
+def add_predict_parser(sub) -> None:
+    parser = sub.add_parser(
+        "predict",
+        help="label or generate with a saved adapter (or the bare base model)",
+        description="Load a saved adapter on its base model and predict: labels with "
+        "probabilities for classification adapters, generated text for summarization and "
+        "causal_lm ones. One JSON object per input, to stdout or --output.",
+    )
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="inputs to predict on")
+    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    parser.add_argument("--input", metavar="FILE", help="JSONL/CSV/TSV/Parquet/TXT of inputs")
+    parser.add_argument("--text-column", metavar="NAME", help="input column of --input")
+    parser.add_argument("--output", metavar="FILE", help="write JSONL here (atomically)")
+    parser.add_argument(
+        "--no-adapter", action="store_true", help="predict with the base model alone"
+    )
+    parser.add_argument("--base", metavar="MODEL", help="base model (default: the manifest's)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow pickled weight files")
+
+
+def add_merge_parser(sub) -> None:
+    parser = sub.add_parser(
+        "merge",
+        help="fold an adapter into its base: a standalone transformers model folder",
+        description="Merge a saved adapter into its base model and write a model folder "
+        "that plain transformers loads. The merged model is reloaded and its outputs are "
+        "checked against the adapter's on sample inputs before the folder is written.",
+    )
+    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="merged model folder")
+    parser.add_argument("--base", metavar="MODEL", help="base model (default: the manifest's)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed output difference, merged vs adapter (default: 1e-4)",
+    )
+
+
+def add_serve_parser(sub) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve many adapters on one base model (OpenAI-compatible HTTP API)",
+        description="Load one base model and any number of adapters, and answer "
+        "GET /v1/models, POST /v1/completions, /v1/chat/completions (the adapter is the "
+        "'model') and /v1/classify; GET /health and /metrics; POST /admin/adapters and "
+        "DELETE /admin/adapters/NAME with the admin token. Concurrent requests for "
+        "different adapters share one forward pass.",
+    )
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        required=True,
+        metavar="NAME=DIR",
+        help="an adapter to serve under NAME (repeat for more)",
+    )
+    parser.add_argument("--base", metavar="MODEL", help="base model (default: the adapters')")
+    parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any)")
+    parser.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="enables the admin endpoints (or set PEFTLAB_ADMIN_TOKEN)",
+    )
+    parser.add_argument("--max-batch", type=int, default=16, metavar="N", help="default: 16")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=10.0, help="wait to fill a batch (default: 10)"
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=256, help="waiting requests before 503 (default: 256)"
+    )
+    parser.add_argument("--max-input-tokens", type=int, default=1024, help="default: 1024")
+    parser.add_argument(
+        "--max-new-tokens-limit", type=int, default=256, help="largest max_tokens (default: 256)"
+    )
 
 
 def quiet_libraries() -> None:
@@ -210,7 +373,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "compare"):
+    if args.command in ("run", "compare", "predict", "merge", "serve"):
         quiet_libraries()
     try:
         return COMMANDS[args.command](args)

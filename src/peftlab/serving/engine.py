@@ -1,0 +1,275 @@
+"""One base model in memory with any number of task adapters resident on it.
+
+Requests for different adapters share one forward pass: peft's mixed-adapter batches
+(`adapter_names=[...]`, one name per row, "__base__" for the bare base model) for LoRA;
+methods peft cannot mix (DoRA, IA3) are run one adapter group at a time, still batched.
+Only the batcher's worker thread calls into an Engine, so adapters never change while a
+batch is running.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from peftlab import assets, models
+from peftlab.data import Example, TaskData
+from peftlab.errors import PeftlabError
+from peftlab.package import AdapterPackage, check_base, open_package
+from peftlab.tasks.classification import ClassificationTask
+from peftlab.tasks.generation import GenerationTask
+from peftlab.tasks.setup import build_task, model_info, padding_side
+from peftlab.tasks.text_formats import cut_at_eos, pad
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIXABLE = {"LORA"}  # peft types whose layers take adapter_names (not with DoRA)
+
+
+class ServeError(PeftlabError):
+    """A request or admin action that cannot be served; `status` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Slot:
+    name: str
+    package: AdapterPackage
+    task: ClassificationTask | GenerationTask
+    mixable: bool
+
+    @property
+    def kind(self) -> str:
+        return "classification" if isinstance(self.task, ClassificationTask) else "generation"
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME.match(name) or name == BASE:
+        raise ServeError(
+            f"adapter name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit"
+        )
+    return name
+
+
+class Engine:
+    def __init__(self, adapters: dict[str, str], base: str | None = None, allow_pickle=False):
+        if not adapters:
+            raise PeftlabError("give at least one --adapter NAME=DIR")
+        self.allow_pickle = allow_pickle
+        first = open_package(next(iter(adapters.values())), allow_pickle)
+        cfg = first.config
+        self.base_name = base or cfg.model.name
+        cfg.model.name = self.base_name
+        self.source = assets.resolve_model(self.base_name)
+        self.info = model_info(self.source, cfg)
+        if self.info.head == "linear":
+            raise PeftlabError(
+                "peftlab serve shares one model head between adapters: serve adapters that "
+                "score label words or generate (a linear head is a separate layer per adapter)"
+            )
+        self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
+        self.model = models.load_model(
+            self.source, self.info, [], self.tokenizer, allow_pickle, None
+        ).to(models.default_device())
+        self.model.eval()
+        self.slots: dict[str, Slot] = {}
+        for name, folder in adapters.items():
+            self.load(name, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------ adapters
+
+    def load(self, name: str, folder: str) -> Slot:
+        from peft import PeftModel
+
+        check_name(name)
+        if name in self.slots:
+            raise ServeError(f"an adapter named '{name}' is already loaded; unload it first", 409)
+        package = open_package(folder, self.allow_pickle)
+        cfg = package.config
+        if cfg.method.name not in ("lora", "dora", "ia3"):
+            raise ServeError(
+                f"'{folder}' is a {cfg.method.name} adapter; peftlab serve loads lora, dora and "
+                "ia3 adapters onto one unquantized base (merge or predict the others)"
+            )
+        check_base(package, self.source)
+        cfg.model.name = self.base_name
+        info = model_info(self.source, cfg)
+        if info.head == "linear" or info.kind != self.info.kind:
+            raise ServeError(f"'{folder}' needs a different model head ({info.head})")
+        task = build_task(cfg, info, task_data(package), self.tokenizer)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(package.folder), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(package.folder), adapter_name=name
+            )
+        self.model.eval()
+        peft_config = self.model.peft_config[name]
+        mixable = peft_config.peft_type.name in MIXABLE and not getattr(
+            peft_config, "use_dora", False
+        )
+        slot = self.slots[name] = Slot(name, package, task, mixable)
+        return slot
+
+    def unload(self, name: str) -> None:
+        if name not in self.slots:
+            raise ServeError(f"no adapter named '{name}' is loaded", 404)
+        if len(self.slots) == 1:
+            raise ServeError("cannot unload the last adapter; load another one first", 409)
+        self.model.delete_adapter(name)
+        del self.slots[name]
+
+    def slot(self, name: str) -> Slot | None:
+        """The adapter serving `name`; None for the base model itself."""
+        if name == self.base_name:
+            return None
+        if name not in self.slots:
+            known = [self.base_name, *self.slots]
+            raise ServeError(f"model '{name}' is not served here; known: {known}", 404)
+        return self.slots[name]
+
+    def check(self, name: str, kind: str) -> None:
+        """Raise the request's error if `name` cannot do `kind` ("classify"/"generate")."""
+        slot = self.slot(name)
+        if kind == "classify" and (slot is None or slot.kind != "classification"):
+            raise ServeError(
+                f"model '{name}' does not classify; /v1/classify takes a classification "
+                f"adapter ({[s.name for s in self.slots.values() if s.kind == 'classification']})"
+            )
+
+    def describe(self) -> list[dict]:
+        rows = [{"id": self.base_name, "kind": "base", "task": "causal generation"}]
+        for slot in self.slots.values():
+            manifest = slot.package.manifest
+            rows.append(
+                {
+                    "id": slot.name,
+                    "kind": "adapter",
+                    "task": manifest["task"],
+                    "method": manifest["method"],
+                    "labels": manifest.get("label_names") or None,
+                    "path": str(slot.package.folder),
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------ batched work
+
+    def groups(self, names: list[str]) -> list[list[int]]:
+        """Row indices that can share one forward pass."""
+        if all(n == self.base_name or self.slots[n].mixable for n in names):
+            return [list(range(len(names)))]
+        order: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            order.setdefault(name, []).append(i)
+        return list(order.values())
+
+    def adapter_context(self, names: list[str]):
+        """Keyword arguments (mixed batch) or an active-adapter switch for one group."""
+        import contextlib
+
+        peft_names = [BASE if n == self.base_name else n for n in names]
+        if len(set(peft_names)) == 1 or all(n == BASE or self.slots[n].mixable for n in peft_names):
+            if set(peft_names) == {BASE}:
+                return self.model.disable_adapter(), {}
+            if len(set(peft_names)) == 1:
+                self.model.set_adapter(peft_names[0])
+                return contextlib.nullcontext(), {}
+            return contextlib.nullcontext(), {"adapter_names": peft_names}
+        raise AssertionError("groups() splits unmixable batches")  # pragma: no cover
+
+    @torch.inference_mode()
+    def classify(self, names: list[str], inputs: list[str]) -> list[dict]:
+        results: list[dict] = [{}] * len(inputs)
+        for rows in self.groups(names):
+            slots = [self.slots[names[i]] for i in rows]
+            ids = [
+                s.task.encode([Example(inputs[i], 0)])[0].input_ids
+                for s, i in zip(slots, rows, strict=True)
+            ]
+            input_ids = pad(ids, self.tokenizer.pad_token_id, "left").to(self.device)
+            mask = pad([[1] * len(x) for x in ids], 0, "left").to(self.device)
+            context, kwargs = self.adapter_context([names[i] for i in rows])
+            with context:
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=1,
+                    **kwargs,
+                )
+            last = out.logits[:, -1].float().cpu()
+            for row, (slot, i) in enumerate(zip(slots, rows, strict=True)):
+                probs = last[row, slot.task.head.token_ids].softmax(-1)
+                labels = slot.task.label_names
+                scores = {n: round(float(p), 6) for n, p in zip(labels, probs, strict=True)}
+                results[i] = {"label": labels[int(probs.argmax())], "probabilities": scores}
+        return results
+
+    @torch.inference_mode()
+    def generate(self, names: list[str], inputs: list[str], max_tokens: list[int]) -> list[dict]:
+        results: list[dict] = [{}] * len(inputs)
+        eos = {self.tokenizer.eos_token_id} - {None}
+        for rows in self.groups(names):
+            prompts = [self.prompt_ids(names[i], inputs[i]) for i in rows]
+            side = "right" if self.info.kind == "seq2seq" else "left"
+            input_ids = pad(prompts, self.tokenizer.pad_token_id, side).to(self.device)
+            mask = pad([[1] * len(p) for p in prompts], 0, side).to(self.device)
+            context, kwargs = self.adapter_context([names[i] for i in rows])
+            with context:
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max(max_tokens[i] for i in rows),
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **kwargs,
+                )
+            start = 1 if self.info.kind == "seq2seq" else input_ids.shape[1]
+            for row, i in enumerate(rows):
+                new = out[row, start:].tolist()[: max_tokens[i]]
+                tokens = cut_at_eos(new, eos, self.tokenizer.pad_token_id)
+                stopped = len(tokens) < len(new) or len(new) < max_tokens[i]
+                results[i] = {
+                    "text": self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    "prompt_tokens": len(prompts[row]),
+                    "completion_tokens": len(tokens),
+                    "finish_reason": "stop" if stopped else "length",
+                }
+        return results
+
+    def prompt_ids(self, name: str, text: str) -> list[int]:
+        slot = self.slot(name)
+        if slot is None or isinstance(slot.task, ClassificationTask):
+            # The base model continues the text as given; a classification adapter
+            # asked for a completion answers with its label (see Server.complete).
+            return self.tokenizer(text)["input_ids"]
+        item = slot.task.prompt_item(text)
+        return item.input_ids[: item.prompt_len]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def task_data(package: AdapterPackage) -> TaskData:
+    manifest = package.manifest
+    columns = manifest.get("columns")
+    return TaskData(
+        splits={},
+        label_names=manifest.get("label_names") or [],
+        template=manifest.get("template"),
+        label_words=manifest.get("label_words"),
+        description="",
+        sha256="",
+        columns=tuple(columns) if columns else None,
+    )
