@@ -16,6 +16,7 @@ from peftlab.inference import Predictor
 from peftlab.package import open_package
 from peftlab.serving import start
 from peftlab.serving.batcher import Batcher, Job, QueueFull
+from peftlab.serving.http import Limits
 
 TRAIN = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "16", "--train-samples", "0"]
 TRAIN += ["--validation-samples", "0", "--test-samples", "0", "--max-new-tokens", "6"]
@@ -38,7 +39,8 @@ def adapters(tiny_llama, sentiment_csv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(adapters):
-    server = start(adapters, port=0, admin_token=TOKEN, max_wait_ms=20)
+    limits = Limits(max_input_tokens=512, max_new_tokens=64)
+    server = start(adapters, port=0, admin_token=TOKEN, max_wait_ms=20, limits=limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -141,6 +143,13 @@ BAD_REQUESTS = [
     ("missing model", "/v1/classify", {"input": "x"}, 400, "'model'"),
     ("not a classifier", "/v1/classify", {"model": "summary", "input": "x"}, 400, "classif"),
     ("no user message", "/v1/chat/completions", {"model": "summary", "messages": []}, 400, "user"),
+    (
+        "streaming",
+        "/v1/completions",
+        {"model": "summary", "prompt": "x", "stream": True},
+        400,
+        "stream",
+    ),
     ("unknown route", "/v1/embeddings", {"model": "summary", "input": "x"}, 404, "no route"),
 ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -174,6 +175,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     models = ", ".join(row["id"] for row in server.engine.describe())
     print(f"serving {models} on {server.url}/v1 (admin {'on' if token else 'off'})", flush=True)
+
+    def stop(signum, frame):  # SIGTERM (docker stop, systemd) ends like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -346,7 +352,12 @@ def add_serve_parser(sub) -> None:
     parser.add_argument(
         "--queue-size", type=int, default=256, help="waiting requests before 503 (default: 256)"
     )
-    parser.add_argument("--max-input-tokens", type=int, default=1024, help="default: 1024")
+    parser.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=8192,
+        help="longest accepted input; tasks still cut inputs to their max_length (default: 8192)",
+    )
     parser.add_argument(
         "--max-new-tokens-limit", type=int, default=256, help="largest max_tokens (default: 256)"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from peftlab import assets, models
-from peftlab.data import Example, TaskData, read_table
+from peftlab.data import Example, read_table
 from peftlab.errors import DataError
 from peftlab.evaluate import map_batches
 from peftlab.methods import get_method, reload_artifact
@@ -39,24 +39,9 @@ class Predictor:
         self.info = model_info(self.source, cfg)
         self.method = get_method(cfg.method.name)
         self.use_adapter = use_adapter
-        manifest = package.manifest
-        self.label_names = manifest.get("label_names") or []
+        self.label_names = package.manifest.get("label_names") or []
         self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
-        columns = manifest.get("columns")
-        self.task = build_task(
-            cfg,
-            self.info,
-            TaskData(
-                splits={},
-                label_names=self.label_names,
-                template=manifest.get("template"),
-                label_words=manifest.get("label_words"),
-                description="",
-                sha256="",
-                columns=tuple(columns) if columns else None,
-            ),
-            self.tokenizer,
-        )
+        self.task = build_task(cfg, self.info, package.task_data(), self.tokenizer)
         extra = self.method.load_kwargs(cfg.method) if self.method.load_kwargs else None
         model = models.load_model(
             self.source, self.info, self.label_names, self.tokenizer, allow_pickle, extra

@@ -17,6 +17,7 @@ from pathlib import Path
 from peftlab.artifact import MANIFEST, MANIFEST_VERSION
 from peftlab.assets import ModelSource, model_fingerprint, sha256_file
 from peftlab.config import RunConfig, from_dict
+from peftlab.data import TaskData
 from peftlab.errors import PeftlabError
 
 REQUIRED_KEYS = ("base_model", "task", "method", "config", "files")
@@ -43,6 +44,19 @@ class AdapterPackage:
     @property
     def method(self) -> str:
         return self.manifest["method"]
+
+    def task_data(self) -> TaskData:
+        """What the task needs from its data, as the manifest recorded it (no rows)."""
+        columns = self.manifest.get("columns")
+        return TaskData(
+            splits={},
+            label_names=self.manifest.get("label_names") or [],
+            template=self.manifest.get("template"),
+            label_words=self.manifest.get("label_words"),
+            description="",
+            sha256="",
+            columns=tuple(columns) if columns else None,
+        )
 
 
 def open_package(folder: str | Path, allow_pickle: bool = False) -> AdapterPackage:

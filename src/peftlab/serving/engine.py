@@ -9,22 +9,26 @@ batch is running.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
+import threading
 from dataclasses import dataclass
 
 import torch
 
 from peftlab import assets, models
-from peftlab.data import Example, TaskData
+from peftlab.data import Example
 from peftlab.errors import PeftlabError
 from peftlab.package import AdapterPackage, check_base, open_package
 from peftlab.tasks.classification import ClassificationTask
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.setup import build_task, model_info, padding_side
-from peftlab.tasks.text_formats import cut_at_eos, pad
+from peftlab.tasks.text_formats import cut_at_eos, generate_tokens, pad
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PAD_SLACK = 1.25  # a forward pass may hold at most this many token slots per real token
 MIXABLE = {"LORA"}  # peft types whose layers take adapter_names (not with DoRA)
 
 
@@ -58,10 +62,13 @@ def check_name(name: str) -> str:
 
 
 class Engine:
-    def __init__(self, adapters: dict[str, str], base: str | None = None, allow_pickle=False):
+    def __init__(
+        self, adapters: dict[str, str], base: str | None = None, allow_pickle=False, mix=True
+    ):
         if not adapters:
             raise PeftlabError("give at least one --adapter NAME=DIR")
         self.allow_pickle = allow_pickle
+        self.mix = mix  # False: one adapter per forward pass (the benchmark's comparison)
         first = open_package(next(iter(adapters.values())), allow_pickle)
         cfg = first.config
         self.base_name = base or cfg.model.name
@@ -74,6 +81,8 @@ class Engine:
                 "score label words or generate (a linear head is a separate layer per adapter)"
             )
         self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
+        self.counter = copy.deepcopy(self.tokenizer)
+        self.count_lock = threading.Lock()
         self.model = models.load_model(
             self.source, self.info, [], self.tokenizer, allow_pickle, None
         ).to(models.default_device())
@@ -106,7 +115,7 @@ class Engine:
         info = model_info(self.source, cfg)
         if info.head == "linear" or info.kind != self.info.kind:
             raise ServeError(f"'{folder}' needs a different model head ({info.head})")
-        task = build_task(cfg, info, task_data(package), self.tokenizer)
+        task = build_task(cfg, info, package.task_data(), self.tokenizer)
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(package.folder), adapter_name=name)
         else:
@@ -165,38 +174,56 @@ class Engine:
 
     # ------------------------------------------------------------ batched work
 
-    def groups(self, names: list[str]) -> list[list[int]]:
-        """Row indices that can share one forward pass."""
-        if all(n == self.base_name or self.slots[n].mixable for n in names):
-            return [list(range(len(names)))]
-        order: dict[str, list[int]] = {}
-        for i, name in enumerate(names):
-            order.setdefault(name, []).append(i)
-        return list(order.values())
+    def groups(self, names: list[str], lengths: list[int]) -> list[list[int]]:
+        """Row indices that share one forward pass.
+
+        Mixable adapters may share a pass whatever their names, so rows are grouped by
+        length instead: on a CPU, padding costs as much as real tokens, and a review
+        padded to an article's length wastes most of its pass. Each group holds at most
+        PAD_SLACK times as many token slots as real tokens.
+        """
+        if self.mix and all(n == self.base_name or self.slots[n].mixable for n in names):
+            candidates = [list(range(len(names)))]
+        else:
+            by_name: dict[str, list[int]] = {}
+            for i, name in enumerate(names):
+                by_name.setdefault(name, []).append(i)
+            candidates = list(by_name.values())
+        groups = []
+        for rows in candidates:
+            group: list[int] = []
+            real = 0
+            for i in sorted(rows, key=lambda i: lengths[i]):  # shortest first
+                if group and lengths[i] * (len(group) + 1) > PAD_SLACK * (real + lengths[i]):
+                    groups.append(group)
+                    group, real = [], 0
+                group.append(i)
+                real += lengths[i]
+            groups.append(group)
+        return groups
 
     def adapter_context(self, names: list[str]):
-        """Keyword arguments (mixed batch) or an active-adapter switch for one group."""
-        import contextlib
-
+        """(context, forward kwargs) for one group from groups(): the bare base, one active
+        adapter, or a mixed batch with one adapter name per row."""
         peft_names = [BASE if n == self.base_name else n for n in names]
-        if len(set(peft_names)) == 1 or all(n == BASE or self.slots[n].mixable for n in peft_names):
-            if set(peft_names) == {BASE}:
-                return self.model.disable_adapter(), {}
-            if len(set(peft_names)) == 1:
-                self.model.set_adapter(peft_names[0])
-                return contextlib.nullcontext(), {}
-            return contextlib.nullcontext(), {"adapter_names": peft_names}
-        raise AssertionError("groups() splits unmixable batches")  # pragma: no cover
+        unique = set(peft_names)
+        if unique == {BASE}:
+            return self.model.disable_adapter(), {}
+        if len(unique) == 1:
+            self.model.set_adapter(peft_names[0])
+            return contextlib.nullcontext(), {}
+        return contextlib.nullcontext(), {"adapter_names": peft_names}
 
     @torch.inference_mode()
     def classify(self, names: list[str], inputs: list[str]) -> list[dict]:
         results: list[dict] = [{}] * len(inputs)
-        for rows in self.groups(names):
+        encoded = [
+            self.slots[name].task.encode([Example(text, 0)])[0].input_ids
+            for name, text in zip(names, inputs, strict=True)
+        ]
+        for rows in self.groups(names, [len(x) for x in encoded]):
             slots = [self.slots[names[i]] for i in rows]
-            ids = [
-                s.task.encode([Example(inputs[i], 0)])[0].input_ids
-                for s, i in zip(slots, rows, strict=True)
-            ]
+            ids = [encoded[i] for i in rows]
             input_ids = pad(ids, self.tokenizer.pad_token_id, "left").to(self.device)
             mask = pad([[1] * len(x) for x in ids], 0, "left").to(self.device)
             context, kwargs = self.adapter_context([names[i] for i in rows])
@@ -220,24 +247,21 @@ class Engine:
     def generate(self, names: list[str], inputs: list[str], max_tokens: list[int]) -> list[dict]:
         results: list[dict] = [{}] * len(inputs)
         eos = {self.tokenizer.eos_token_id} - {None}
-        for rows in self.groups(names):
-            prompts = [self.prompt_ids(names[i], inputs[i]) for i in rows]
-            side = "right" if self.info.kind == "seq2seq" else "left"
-            input_ids = pad(prompts, self.tokenizer.pad_token_id, side).to(self.device)
-            mask = pad([[1] * len(p) for p in prompts], 0, side).to(self.device)
+        all_prompts = [self.prompt_ids(n, text) for n, text in zip(names, inputs, strict=True)]
+        for rows in self.groups(names, [len(p) for p in all_prompts]):
+            prompts = [all_prompts[i] for i in rows]
             context, kwargs = self.adapter_context([names[i] for i in rows])
             with context:
-                out = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=mask,
+                out = generate_tokens(
+                    self.model,
+                    prompts,
+                    self.tokenizer.pad_token_id,
+                    self.info.kind != "seq2seq",
                     max_new_tokens=max(max_tokens[i] for i in rows),
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
                     **kwargs,
                 )
-            start = 1 if self.info.kind == "seq2seq" else input_ids.shape[1]
             for row, i in enumerate(rows):
-                new = out[row, start:].tolist()[: max_tokens[i]]
+                new = out[row][: max_tokens[i]]
                 tokens = cut_at_eos(new, eos, self.tokenizer.pad_token_id)
                 stopped = len(tokens) < len(new) or len(new) < max_tokens[i]
                 results[i] = {
@@ -258,18 +282,8 @@ class Engine:
         return item.input_ids[: item.prompt_len]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def task_data(package: AdapterPackage) -> TaskData:
-    manifest = package.manifest
-    columns = manifest.get("columns")
-    return TaskData(
-        splits={},
-        label_names=manifest.get("label_names") or [],
-        template=manifest.get("template"),
-        label_words=manifest.get("label_words"),
-        description="",
-        sha256="",
-        columns=tuple(columns) if columns else None,
-    )
+        """Called from HTTP threads. A fast tokenizer keeps its truncation settings as
+        state, so sharing the worker's would let a count switch off the worker's
+        truncation mid-encode: counting uses its own copy, one thread at a time."""
+        with self.count_lock:
+            return len(self.counter(text, add_special_tokens=False)["input_ids"])

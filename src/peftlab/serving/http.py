@@ -27,7 +27,7 @@ MAX_INPUTS = 64  # texts in one request
 
 
 class Limits:
-    def __init__(self, max_input_tokens=1024, max_new_tokens=256, timeout_s=120.0):
+    def __init__(self, max_input_tokens=8192, max_new_tokens=256, timeout_s=120.0):
         self.max_input_tokens = max_input_tokens
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
@@ -35,6 +35,7 @@ class Limits:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # listen backlog: socketserver's 5 resets bursts of clients
 
     def __init__(self, address, engine: Engine, batcher: Batcher, limits: Limits, admin_token):
         super().__init__(address, Handler)
@@ -191,6 +192,12 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.server.batcher.metrics.request(model, time.perf_counter() - started, ok)
 
+    def generation_body(self) -> tuple[dict, str]:
+        body = self.body()
+        if body.get("stream"):
+            raise ServeError("stream=true is not supported; ask without streaming")
+        return body, field(body, "model", str)
+
     def max_tokens(self, body: dict, model: str) -> int:
         slot = self.server.engine.slot(model)
         default = slot.package.config.task.max_new_tokens if slot else 16
@@ -220,8 +227,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.run_jobs("generate", model, texts, max_tokens)
 
     def completions(self):
-        body = self.body()
-        model = field(body, "model", str)
+        body, model = self.generation_body()
         texts = texts_of(body.get("prompt"), "prompt")
         results = self.answer(model, texts, self.max_tokens(body, model))
         choices = [
@@ -231,8 +237,7 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, envelope("text_completion", model, choices, results))
 
     def chat(self):
-        body = self.body()
-        model = field(body, "model", str)
+        body, model = self.generation_body()
         messages = field(body, "messages", list)
         text = last_user_message(messages)
         results = self.answer(model, [text], self.max_tokens(body, model))

@@ -110,19 +110,11 @@ class DecoderLayout:
 
     def generate(self, model, items: list[TextItem], max_new_tokens: int, num_beams: int):
         prompts = [it.input_ids[: it.prompt_len] for it in items]
-        input_ids = pad(prompts, self.tokenizer.pad_token_id, "left")
-        mask = pad([[1] * len(p) for p in prompts], 0, "left")
-        device = next(model.parameters()).device
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
+        pad_id = self.tokenizer.pad_token_id
+        new = generate_tokens(
+            model, prompts, pad_id, True, max_new_tokens=max_new_tokens, num_beams=num_beams
         )
-        new = out[:, input_ids.shape[1] :].tolist()
-        return [cut_at_eos(row, self.eos_ids, self.tokenizer.pad_token_id) for row in new]
+        return [cut_at_eos(row, self.eos_ids, pad_id) for row in new]
 
 
 class Seq2SeqLayout:
@@ -158,19 +150,32 @@ class Seq2SeqLayout:
         return row_losses(out.logits, batch["labels"])
 
     def generate(self, model, items: list[TextItem], max_new_tokens: int, num_beams: int):
+        prompts = [it.input_ids for it in items]
         pad_id = self.tokenizer.pad_token_id
-        input_ids = pad([it.input_ids for it in items], pad_id, "right")
-        mask = pad([[1] * len(it.input_ids) for it in items], 0, "right")
-        device = next(model.parameters()).device
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
+        new = generate_tokens(
+            model, prompts, pad_id, False, max_new_tokens=max_new_tokens, num_beams=num_beams
         )
-        # Row 0 of the output is the decoder start token.
-        return [cut_at_eos(row[1:], self.eos_ids, pad_id) for row in out.tolist()]
+        return [cut_at_eos(row, self.eos_ids, pad_id) for row in new]
+
+
+def generate_tokens(model, prompts: list[list[int]], pad_id: int, decoder_only: bool, **kwargs):
+    """Batched greedy (or beam) generation from token-id prompts: each row's new tokens.
+
+    Decoders read left-padded prompts and continue them; encoder-decoders read
+    right-padded sources and start their output with the decoder start token.
+    """
+    side = "left" if decoder_only else "right"
+    device = next(model.parameters()).device
+    input_ids = pad(prompts, pad_id, side)
+    out = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=pad([[1] * len(p) for p in prompts], 0, side).to(device),
+        do_sample=False,
+        pad_token_id=pad_id,
+        **kwargs,
+    )
+    start = input_ids.shape[1] if decoder_only else 1
+    return [row[start:] for row in out.tolist()]
 
 
 def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
