@@ -26,12 +26,7 @@ def test_compare_runs_methods_and_seeds_then_reuses_them(
         "5e-3",
         "--batch-size",
         "16",
-        "--train-samples",
-        "0",
-        "--test-samples",
-        "0",
-        "--validation-samples",
-        "0",
+        *tiny.ALL_ROWS,
     ]
     assert main(argv) == 0
     board = json.loads((out / "compare.json").read_text())

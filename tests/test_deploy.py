@@ -9,8 +9,7 @@ import torch
 
 from peftlab.cli import main
 
-TRAIN = ["--epochs", "2", "--lr", "5e-3", "--batch-size", "16", "--train-samples", "0"]
-TRAIN += ["--validation-samples", "0", "--test-samples", "0"]
+TRAIN = ["--epochs", "2", "--lr", "5e-3", "--batch-size", "16", *tiny.ALL_ROWS]
 
 
 def train(model, data, out, *extra) -> object:

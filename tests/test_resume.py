@@ -30,12 +30,7 @@ def settings(model, data, out):
         "40",
         "--checkpoint-every",
         "5",
-        "--train-samples",
-        "0",
-        "--validation-samples",
-        "0",
-        "--test-samples",
-        "0",
+        *tiny.ALL_ROWS,
         "--seed",
         "3",
     ]

@@ -38,12 +38,7 @@ def run_cli(model, data, out, *extra):
         "3",
         "--lr",
         "5e-3",
-        "--test-samples",
-        "0",
-        "--validation-samples",
-        "0",
-        "--train-samples",
-        "0",
+        *tiny.ALL_ROWS,
         *extra,
     ]
     assert main(args) == 0

@@ -18,8 +18,8 @@ from peftlab.serving import start
 from peftlab.serving.batcher import Batcher, Job, QueueFull
 from peftlab.serving.http import Limits
 
-TRAIN = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "16", "--train-samples", "0"]
-TRAIN += ["--validation-samples", "0", "--test-samples", "0", "--max-new-tokens", "6"]
+TRAIN = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "16", *tiny.ALL_ROWS]
+TRAIN += ["--max-new-tokens", "6"]
 TOKEN = "s3cret"
 
 

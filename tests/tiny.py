@@ -169,6 +169,10 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+# Tiny datasets are used whole: these flags lift the per-split sample caps.
+ALL_ROWS = ["--train-samples", "0", "--validation-samples", "0", "--test-samples", "0"]
+
+
 def where(model, data, out) -> list[str]:
     """The --model/--dataset/--out flags every tiny end-to-end run starts from."""
     return ["--model", str(model), "--dataset", str(data), "--out", str(out)]

@@ -17,6 +17,11 @@ MANIFEST_VERSION = 1
 NATIVE_WEIGHTS = "peftlab_weights.safetensors"
 
 
+def weight_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every weight file: lets a loader tell a truncated or altered file."""
+    return {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))}
+
+
 def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> dict:
     """Write the adapter folder atomically; return {"path", "size_mb", "weights_mb"}.
 
@@ -37,10 +42,9 @@ def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> 
             model.save_pretrained(tmp, safe_serialization=True)
         if kind == "full":
             tokenizer.save_pretrained(tmp)
-        # Hashes of the weights let a loader tell a truncated or altered file from a good one.
-        files = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
         write_json_atomic(
-            tmp / MANIFEST, {"format_version": MANIFEST_VERSION, **manifest, "files": files}
+            tmp / MANIFEST,
+            {"format_version": MANIFEST_VERSION, **manifest, "files": weight_hashes(tmp)},
         )
 
     write_dir_atomic(folder, fill)

@@ -279,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_adapter_arguments(parser) -> None:
+    """The saved adapter a command works on, and the base model to put it on."""
+    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    parser.add_argument("--base", metavar="MODEL", help="base model (default: the manifest's)")
+
+
 def add_predict_parser(sub) -> None:
     parser = sub.add_parser(
         "predict",
@@ -288,14 +294,13 @@ def add_predict_parser(sub) -> None:
         "causal_lm ones. One JSON object per input, to stdout or --output.",
     )
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="inputs to predict on")
-    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    add_adapter_arguments(parser)
     parser.add_argument("--input", metavar="FILE", help="JSONL/CSV/TSV/Parquet/TXT of inputs")
     parser.add_argument("--text-column", metavar="NAME", help="input column of --input")
     parser.add_argument("--output", metavar="FILE", help="write JSONL here (atomically)")
     parser.add_argument(
         "--no-adapter", action="store_true", help="predict with the base model alone"
     )
-    parser.add_argument("--base", metavar="MODEL", help="base model (default: the manifest's)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickled weight files")
 
@@ -308,9 +313,8 @@ def add_merge_parser(sub) -> None:
         "that plain transformers loads. The merged model is reloaded and its outputs are "
         "checked against the adapter's on sample inputs before the folder is written.",
     )
-    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    add_adapter_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="merged model folder")
-    parser.add_argument("--base", metavar="MODEL", help="base model (default: the manifest's)")
     parser.add_argument(
         "--tolerance",
         type=float,

@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 
 from peftlab import assets, models
-from peftlab.data import Example, read_table
+from peftlab.data import read_table
 from peftlab.errors import DataError
 from peftlab.evaluate import map_batches
 from peftlab.methods import get_method, reload_artifact
 from peftlab.package import AdapterPackage, check_base
+from peftlab.tasks.classification import label_probabilities
 from peftlab.tasks.generation import GenerationTask, texts
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
@@ -60,11 +61,10 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, inputs: list[str], batch_size: int = 16) -> list[dict]:
         """One result per input: {"label", "probabilities"} or {"generation"}."""
+        items = self.task.input_items(inputs)
         if isinstance(self.task, GenerationTask):
-            items = [self.task.prompt_item(text) for text in inputs]
             tokens = self.task.generate(self.model, items, batch_size, "predict")
             return [{"generation": text} for text in texts(self.tokenizer, tokens)]
-        items = self.task.encode([Example(text, 0) for text in inputs])
 
         def probabilities(chunk):
             batch = {k: v.to(self.device) for k, v in self.task.collate(chunk).items()}
@@ -72,15 +72,7 @@ class Predictor:
 
         lengths = [len(it.input_ids) for it in items]
         probs = map_batches(items, lengths, batch_size, probabilities, "predict")
-        return [
-            {
-                "label": self.label_names[int(p.argmax())],
-                "probabilities": {
-                    n: round(float(v), 6) for n, v in zip(self.label_names, p, strict=True)
-                },
-            }
-            for p in probs
-        ]
+        return [label_probabilities(self.label_names, p) for p in probs]
 
 
 def read_inputs(path: Path, column: str) -> list[str]:

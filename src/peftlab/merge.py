@@ -12,15 +12,12 @@ from pathlib import Path
 
 import torch
 
-from peftlab.artifact import MANIFEST, MANIFEST_VERSION
-from peftlab.assets import sha256_file
-from peftlab.data import Example
+from peftlab.artifact import MANIFEST, MANIFEST_VERSION, weight_hashes
 from peftlab.errors import PeftlabError
 from peftlab.fsutil import write_dir_atomic, write_json_atomic
 from peftlab.inference import Predictor
 from peftlab.methods import get_method, merge_method
 from peftlab.package import open_package
-from peftlab.tasks.generation import GenerationTask
 
 SAMPLE_INPUTS = [
     "A quiet, beautifully acted film that stays with you.",
@@ -73,7 +70,7 @@ def merge(adapter: Path, out: Path, base: str | None, tolerance: float) -> dict:
             "format_version": MANIFEST_VERSION,
             "merged_from": str(package.folder),
             "merge_check": {"max_abs_diff": diff, "tolerance": tolerance, **result},
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))},
+            "files": weight_hashes(tmp),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
 
@@ -83,11 +80,7 @@ def merge(adapter: Path, out: Path, base: str | None, tolerance: float) -> dict:
 
 def sample_batch(predictor: Predictor) -> dict:
     task = predictor.task
-    if isinstance(task, GenerationTask):
-        items = [task.prompt_item(text) for text in SAMPLE_INPUTS]
-    else:
-        items = task.encode([Example(text, 0) for text in SAMPLE_INPUTS])
-    batch = task.collate(items)
+    batch = task.collate(task.input_items(SAMPLE_INPUTS))
     return {k: batch[k] for k in ("input_ids", "attention_mask")}
 
 

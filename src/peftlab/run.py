@@ -114,7 +114,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
     )
     log(summary_line("tuned", record["after"], cfg.task.name))
     record["adapter"] = save_artifact(
-        model, tokenizer, run_dir / "adapter", manifest(cfg, info, record), method.kind
+        model, tokenizer, run_dir / "adapter", manifest(cfg, info, tokenizer, record), method.kind
     )
     record["status"] = "done"
     record.save()
@@ -190,7 +190,7 @@ def data_summary(dataset: data.TaskData, task) -> dict:
     return summary
 
 
-def manifest(cfg: RunConfig, info: models.ModelInfo, record: RunRecord) -> dict:
+def manifest(cfg: RunConfig, info: models.ModelInfo, tokenizer, record: RunRecord) -> dict:
     data_info = record["data"]
     spec = TASK_SPECS[cfg.task.name]
     manifest = {
@@ -205,8 +205,8 @@ def manifest(cfg: RunConfig, info: models.ModelInfo, record: RunRecord) -> dict:
         "label_words": data_info.get("label_words"),
         "max_length": cfg.model.max_length,
         "tokenizer": {
-            "padding_side": padding_side(info),
-            "truncation_side": "left" if padding_side(info) == "left" else "right",
+            "padding_side": tokenizer.padding_side,
+            "truncation_side": tokenizer.truncation_side,
         },
         "columns": data_info.get("columns"),
         "metrics": {k: record["after"][k] for k in (*spec.scores, "loss")},

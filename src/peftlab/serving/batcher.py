@@ -114,11 +114,11 @@ class Batcher:
         except Exception as exc:  # answer every waiting request, keep serving
             for job in jobs:
                 job.future.set_exception(exc)
-            self.metrics.batch(kind, names, time.perf_counter() - started, failed=True)
+            self.metrics.batch(len(jobs), time.perf_counter() - started)
             return
         for job, result in zip(jobs, results, strict=True):
             job.future.set_result(result)
-        self.metrics.batch(kind, names, time.perf_counter() - started)
+        self.metrics.batch(len(jobs), time.perf_counter() - started)
 
     def still_served(self, job: Job) -> bool:
         """An adapter unloaded while its request waited: 404 for that request alone."""

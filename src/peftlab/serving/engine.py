@@ -18,10 +18,13 @@ from dataclasses import dataclass
 import torch
 
 from peftlab import assets, models
-from peftlab.data import Example
 from peftlab.errors import PeftlabError
 from peftlab.package import AdapterPackage, check_base, open_package
-from peftlab.tasks.classification import ClassificationTask
+from peftlab.tasks.classification import (
+    ClassificationTask,
+    label_probabilities,
+    next_token_logits,
+)
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.tasks.text_formats import cut_at_eos, generate_tokens, pad
@@ -218,7 +221,7 @@ class Engine:
     def classify(self, names: list[str], inputs: list[str]) -> list[dict]:
         results: list[dict] = [{}] * len(inputs)
         encoded = [
-            self.slots[name].task.encode([Example(text, 0)])[0].input_ids
+            self.slots[name].task.input_items([text])[0].input_ids
             for name, text in zip(names, inputs, strict=True)
         ]
         for rows in self.groups(names, [len(x) for x in encoded]):
@@ -228,19 +231,10 @@ class Engine:
             mask = pad([[1] * len(x) for x in ids], 0, "left").to(self.device)
             context, kwargs = self.adapter_context([names[i] for i in rows])
             with context:
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
-                    logits_to_keep=1,
-                    **kwargs,
-                )
-            last = out.logits[:, -1].float().cpu()
+                last = next_token_logits(self.model, input_ids, mask, **kwargs).float().cpu()
             for row, (slot, i) in enumerate(zip(slots, rows, strict=True)):
                 probs = last[row, slot.task.head.token_ids].softmax(-1)
-                labels = slot.task.label_names
-                scores = {n: round(float(p), 6) for n, p in zip(labels, probs, strict=True)}
-                results[i] = {"label": labels[int(probs.argmax())], "probabilities": scores}
+                results[i] = label_probabilities(slot.task.label_names, probs)
         return results
 
     @torch.inference_mode()

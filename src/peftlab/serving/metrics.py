@@ -29,10 +29,10 @@ class Metrics:
                 self.errors[model] += 1
             self.latency[model].append(seconds)
 
-    def batch(self, kind: str, names: list[str], seconds: float, failed: bool = False) -> None:
+    def batch(self, size: int, seconds: float) -> None:
         with self.lock:
             self.batches += 1
-            self.batch_sizes[len(names)] += 1
+            self.batch_sizes[size] += 1
             self.batch_seconds += seconds
 
     def queue_full(self) -> None:

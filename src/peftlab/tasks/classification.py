@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from peftlab.data import Example
 from peftlab.errors import ConfigError
 from peftlab.evaluate import map_batches
+from peftlab.tasks.text_formats import left_positions
 
 # Prompt-style peft models drop position ids (warning on every batch); every other model
 # needs them with left padding, so the head always passes them.
@@ -33,16 +34,27 @@ class LabelWordHead:
         self.token_ids = first_token_ids(tokenizer, label_words)
 
     def logits(self, model, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        # Left padding shifts the text right: give the real tokens positions 0, 1, 2...
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=mask,
-            position_ids=positions,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, self.token_ids].float()
+        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"])
+        return logits[:, self.token_ids].float()
+
+
+def next_token_logits(model, input_ids, mask, **kwargs) -> torch.Tensor:
+    """The LM's logits for the token after each left-padded row; only that position goes
+    through the LM head. kwargs reach the model (a server's per-row adapter names)."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=left_positions(mask),
+        logits_to_keep=1,
+        **kwargs,
+    )
+    return out.logits[:, -1]
+
+
+def label_probabilities(label_names: list[str], probabilities: torch.Tensor) -> dict:
+    """What a prediction reports: the likeliest label and every label's probability."""
+    scores = {n: round(float(p), 6) for n, p in zip(label_names, probabilities, strict=True)}
+    return {"label": label_names[int(probabilities.argmax())], "probabilities": scores}
 
 
 class LinearHead:
@@ -109,6 +121,10 @@ class ClassificationTask:
 
     def logits(self, model, batch: dict) -> torch.Tensor:
         return self.head.logits(model, batch)
+
+    def input_items(self, texts: list[str]) -> list[Encoded]:
+        """New inputs to predict on, formatted as in training."""
+        return self.encode([Example(text, 0) for text in texts])
 
     def units(self, item: Encoded) -> int:
         return 1  # the loss is a mean over examples

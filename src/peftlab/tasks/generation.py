@@ -83,6 +83,10 @@ class GenerationTask:
         item.reference = ex.target
         return item
 
+    def input_items(self, texts: list[str]) -> list[TextItem]:
+        """New inputs to generate from, formatted as in training."""
+        return [self.prompt_item(text) for text in texts]
+
     def prompt_item(self, text: str) -> TextItem:
         """What generation starts from for a new input: its prompt, or the text itself."""
         if not self.pairs:

@@ -37,6 +37,12 @@ def pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
     return torch.tensor(padded, dtype=torch.long)
 
 
+def left_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: the real tokens get 0, 1, 2... whatever the
+    padding before them."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def target_tokens(item: TextItem) -> int:
     return sum(label != IGNORE for label in item.labels)
 
@@ -99,8 +105,7 @@ class DecoderLayout:
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=mask,
-            # Left padding shifts the text right: real tokens get positions 0, 1, 2...
-            position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+            position_ids=left_positions(mask),
             logits_to_keep=0 if keep >= width else keep,
         )
         kept = min(keep, width)
