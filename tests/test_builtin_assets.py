@@ -70,3 +70,27 @@ def test_smollm2_learns_to_write_bbc_headlines(tmp_path):
     assert after["rouge1"] >= 1.6 * before["rouge1"]
     assert after["perplexity"] < before["perplexity"] / 3
     assert after["gen_len"] < before["gen_len"]  # headlines, not rambling paragraphs
+
+
+def test_bf16_scores_smollm2_like_fp32():
+    """bf16 autocast is the default where the CPU has native bf16: it must not change what
+    the model predicts (real weights, 300 real test reviews)."""
+    from peftlab import assets, data, models
+    from peftlab.config import RunConfig
+    from peftlab.evaluate import evaluate
+    from peftlab.tasks.setup import build_task, model_info, padding_side
+
+    cfg = RunConfig()
+    cfg.data.test_samples = 300
+    cfg = cfg.resolved()
+    source = assets.resolve_model(cfg.model.name)
+    info = model_info(source, cfg)
+    dataset = data.load(cfg.data)
+    tokenizer = models.load_tokenizer(source, padding_side(info))
+    task = build_task(cfg, info, dataset, tokenizer)
+    model = models.load_model(source, info, dataset.label_names, tokenizer, False)
+    items = task.encode(dataset.splits["test"])
+    fp32 = evaluate(model, task, items, 32, "fp32")
+    bf16 = evaluate(model, task, items, 32, "bf16")
+    assert abs(bf16["accuracy"] - fp32["accuracy"]) <= 0.01
+    assert abs(bf16["loss"] - fp32["loss"]) <= 0.02

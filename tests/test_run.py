@@ -79,7 +79,19 @@ def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_cs
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     # A random tiny BERT needs a bolder rate than the default to move its CLS features.
-    record = run_cli(tiny_bert, sentiment_csv, tmp_path / "run", "--lr", "1e-2", "--epochs", "8")
+    # fp32: plain peft below scores in fp32 and must reproduce the run's score exactly (the
+    # 32-wide random model is also far more sensitive to bf16 rounding than a real one).
+    record = run_cli(
+        tiny_bert,
+        sentiment_csv,
+        tmp_path / "run",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "8",
+        "--precision",
+        "fp32",
+    )
     assert record["after"]["accuracy"] >= max(0.8, record["before"]["accuracy"] + 0.2)
     adapter = tmp_path / "run" / "adapter"
     assert (adapter / "adapter_config.json").is_file()

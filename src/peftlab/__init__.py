@@ -1,3 +1,11 @@
 """peftlab: parameter-efficient fine-tuning of foundation models, measured."""
 
+import os
+
+# bf16 matmuls on a CPU go through oneDNN, which caches one primitive (with its reordered
+# weights) per distinct input shape; variable-length batches made that cache the largest
+# memory growth of a bf16 run (MiniLM: 1521 MB peak RSS vs 1184 MB with 64 entries, at
+# the same speed). A user's own setting wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
 __version__ = "0.1.0"

@@ -66,6 +66,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from peftlab.distributed import is_main
     from peftlab.report import before_after_table
     from peftlab.run import resume, run
 
@@ -79,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         record = resume(args.resume)
     else:
         record = run(build_config(args))
-    if record.get("status") == "done":
+    if record.get("status") == "done" and is_main():  # one summary, not one per process
         print()
         print(before_after_table(record))
         print(f"\nrun directory: {record.run_dir} (run.json, report.md, adapter/)")
@@ -172,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
         limits=Limits(args.max_input_tokens, args.max_new_tokens_limit),
+        precision=args.precision,
     )
     models = ", ".join(row["id"] for row in server.engine.describe())
     print(f"serving {models} on {server.url}/v1 (admin {'on' if token else 'off'})", flush=True)
@@ -323,6 +325,9 @@ def add_merge_parser(sub) -> None:
     )
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def add_serve_parser(sub) -> None:
     parser = sub.add_parser(
         "serve",
@@ -364,6 +369,13 @@ def add_serve_parser(sub) -> None:
     )
     parser.add_argument(
         "--max-new-tokens-limit", type=int, default=256, help="largest max_tokens (default: 256)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="bf16 autocast, fp32, or auto: bf16 where the hardware has native bf16 "
+        "(default: auto)",
     )
 
 

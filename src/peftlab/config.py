@@ -212,7 +212,11 @@ class TrainArgs:
         25, "Write a resumable checkpoint every N optimizer steps (0 = never)."
     )
     precision: str = arg(
-        "fp32", "Compute precision: fp32, or bf16 autocast.", choices=("fp32", "bf16")
+        "auto",
+        "Compute precision: bf16 autocast (matmuls in bf16, weights and losses in fp32), "
+        "fp32, or auto: bf16 where the hardware has native bf16 (CPUs with AVX512-BF16 or "
+        "AMX, recent GPUs), else fp32. run.json records the resolved value.",
+        choices=("auto", "fp32", "bf16"),
     )
     seed: int = arg(0, "Random seed for splits, sampling, initialisation and data order.")
 
@@ -237,11 +241,13 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with the method-dependent defaults filled in (what run.json records)."""
+        from peftlab import precision
         from peftlab.methods import METHODS
 
         cfg = copy.deepcopy(self)
         if cfg.train.lr is None:
             cfg.train.lr = METHODS[cfg.method.name].default_lr
+        cfg.train.precision = precision.resolve(cfg.train.precision)
         defaults = SAMPLE_DEFAULTS[cfg.task.name]
         for name, default in zip(SAMPLE_FIELDS, defaults, strict=True):
             if getattr(cfg.data, name) is None:

@@ -7,19 +7,14 @@ that does not fit is split in halves and retried instead of ending a long run.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from peftlab.distributed import is_main
+from peftlab.precision import autocast
 from peftlab.resources import Meter
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -51,7 +46,8 @@ def map_batches(
     """
     results: list = [None] * len(items)
     pending = length_sorted_batches(lengths, batch_size)
-    bar = tqdm(total=len(items), desc=desc, leave=False, disable=None)
+    # Under torchrun every rank evaluates; rank 0 alone shows a bar.
+    bar = tqdm(total=len(items), desc=desc, leave=False, disable=None if is_main() else True)
     while pending:
         indices = pending.pop(0)
         try:

@@ -17,6 +17,7 @@ from peftlab.errors import DataError
 from peftlab.evaluate import map_batches
 from peftlab.methods import get_method, reload_artifact
 from peftlab.package import AdapterPackage, check_base
+from peftlab.precision import autocast
 from peftlab.tasks.classification import label_probabilities
 from peftlab.tasks.generation import GenerationTask, texts
 from peftlab.tasks.setup import build_task, model_info, padding_side
@@ -53,6 +54,8 @@ class Predictor:
             model.to(device or models.default_device())
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        # The run's own (resolved) precision: predictions reproduce its evaluation.
+        self.precision = cfg.train.precision
 
     @property
     def name(self) -> str:
@@ -61,6 +64,10 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, inputs: list[str], batch_size: int = 16) -> list[dict]:
         """One result per input: {"label", "probabilities"} or {"generation"}."""
+        with autocast(self.precision, self.device):
+            return self._predict(inputs, batch_size)
+
+    def _predict(self, inputs: list[str], batch_size: int) -> list[dict]:
         items = self.task.input_items(inputs)
         if isinstance(self.task, GenerationTask):
             tokens = self.task.generate(self.model, items, batch_size, "predict")

@@ -36,11 +36,15 @@ PACKAGES = (
 
 
 class RunRecord(dict):
-    """A dict with a home: `save()` writes it to <run_dir>/run.json atomically."""
+    """A dict with a home: `save()` writes it to <run_dir>/run.json atomically.
 
-    def __init__(self, run_dir: Path, data: dict):
+    writer=False makes `save()` a no-op: in a run of several processes only rank 0 writes.
+    """
+
+    def __init__(self, run_dir: Path, data: dict, writer: bool = True):
         super().__init__(data)
         self.run_dir = Path(run_dir)
+        self.writer = writer
 
     @classmethod
     def start(cls, run_dir: Path, config: dict) -> RunRecord:
@@ -74,7 +78,8 @@ class RunRecord(dict):
 
     def save(self) -> None:
         self["updated_at"] = now()
-        write_json_atomic(self.run_dir / RECORD_FILE, dict(self))
+        if self.writer:
+            write_json_atomic(self.run_dir / RECORD_FILE, dict(self))
 
 
 def now() -> str:
@@ -101,7 +106,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(seed: int, model_sha256: str | None, data_sha256: str) -> dict:
+def environment(
+    seed: int,
+    model_sha256: str | None,
+    data_sha256: str,
+    num_processes: int = 1,
+    distributed_backend: str | None = None,
+) -> dict:
     env = {
         "packages": package_versions(),
         "python": sys.version.split()[0],
@@ -113,5 +124,7 @@ def environment(seed: int, model_sha256: str | None, data_sha256: str) -> dict:
         "seed": seed,
         "model_sha256": model_sha256,
         "data_sha256": data_sha256,
+        "num_processes": num_processes,
+        "distributed_backend": distributed_backend,  # "gloo", "nccl"; None: one process
     }
     return env

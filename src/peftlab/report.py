@@ -48,7 +48,9 @@ def cost_table(record: dict) -> str:
         ("adapter size", f"{adapter['size_mb']:.2f} MB ({adapter['format']})"),
         (
             "best validation",
-            f"{spec_of(record).validation} {t['best_validation']} at step {t['best_step']}",
+            f"{spec_of(record).validation} {t['best_validation']} at step {t['best_step']}"
+            if t["evals"]
+            else "none (a single final validation selects nothing; see the test metrics)",
         ),
     ]
     return "\n".join(["| cost | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])

@@ -41,3 +41,16 @@ class Meter:
         self.peak_memory_mb = self._peak / 2**20
         if torch.cuda.is_available():
             self.cuda_peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by earlier phases (model loading, the base evaluation) back to
+    the OS, so the training phase's RSS peak is training's own. glibc keeps freed heap
+    pages otherwise; elsewhere this does nothing."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

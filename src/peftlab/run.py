@@ -3,6 +3,9 @@
 Reads top to bottom like the algorithm. Every milestone is written to run.json at once,
 so `peftlab run --resume RUN_DIR` after a crash (even kill -9) skips what is done and
 continues training from the last checkpoint.
+
+Under torchrun or accelerate launch every process runs this same function: all of them
+load, evaluate and train (data parallel), and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from peftlab import assets, data, models
+from peftlab import assets, data, distributed, models
 from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
 from peftlab.errors import PeftlabError
@@ -36,14 +39,17 @@ class Shared:
 
 
 def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | None = None):
-    log = log or say
+    distributed.init()  # first: what follows may depend on the rank
+    log = distributed.main_only(log or say)
     shared = shared or Shared()
     cfg = cfg.resolved()
-    run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
+    # The default name holds a timestamp: rank 0's choice is everyone's directory.
+    run_dir = Path(distributed.broadcast_object(str(run_dir or cfg.out or default_run_dir(cfg))))
     check_run_dir(run_dir, cfg)
     seed_everything(cfg.train.seed)
 
-    source = assets.resolve_model(cfg.model.name)
+    with distributed.main_first():  # a built-in model is converted once, by rank 0
+        source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     method = get_method(cfg.method.name)
     dataset = shared.dataset = shared.dataset or data.load(cfg.data, cfg.task.name)
@@ -56,7 +62,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
         source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle, extra
     )
     if not extra:  # a quantized base is placed by its loader
-        model.to(models.default_device())
+        model.to(distributed.device())  # this process's own GPU when there are several
     items = shared.items = shared.items or {
         name: task.encode(rows) for name, rows in dataset.splits.items()
     }
@@ -67,14 +73,20 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
     # Everything a user can get wrong has been checked: only now create the run directory.
     record = open_record(run_dir, cfg)
     log(f"run directory: {run_dir}")
+    check_process_count(record, run_dir)
     record["environment"] = environment(
-        cfg.train.seed, assets.model_fingerprint(source), dataset.sha256
+        cfg.train.seed,
+        assets.model_fingerprint(source),
+        dataset.sha256,
+        distributed.num_processes(),
+        distributed.backend(),
     )
     record["data"] = data_summary(dataset, task)
 
     if "before" not in record and shared.before:
         record["before"] = shared.before
     if "before" not in record:
+        # Every rank evaluates (same weights, same result): no rank idles into a timeout.
         log("evaluating the base model on the test split...")
         with base_model(model):
             record["before"] = evaluate(
@@ -113,20 +125,28 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
         desc="test (tuned)",
     )
     log(summary_line("tuned", record["after"], cfg.task.name))
-    record["adapter"] = save_artifact(
-        model, tokenizer, run_dir / "adapter", manifest(cfg, info, tokenizer, record), method.kind
-    )
+    if distributed.is_main():
+        record["adapter"] = save_artifact(
+            model,
+            tokenizer,
+            run_dir / "adapter",
+            manifest(cfg, info, tokenizer, record),
+            method.kind,
+        )
     record["status"] = "done"
     record.save()
-    write_report(record)
-    # The checkpoint only serves --resume; a finished run no longer needs it (for `full`
-    # it holds the whole model and its optimizer state).
-    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    if distributed.is_main():
+        write_report(record)
+        # The checkpoint only serves --resume; a finished run no longer needs it (for
+        # `full` it holds the whole model and its optimizer state).
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    distributed.barrier()  # everyone returns once the run directory is complete
     return record
 
 
 def resume(run_dir: str | Path, log=None) -> RunRecord:
-    log = log or say
+    distributed.init()
+    log = distributed.main_only(log or say)
     record = RunRecord.open(run_dir)
     if record.get("status") == "done":
         log(f"{run_dir} already finished; nothing to resume")
@@ -147,10 +167,28 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def check_process_count(record: RunRecord, run_dir: Path) -> None:
+    """A checkpoint continues only with the process count that wrote it: the count decides
+    which batches each process takes and how many steps an epoch has."""
+    before = record.get("environment", {}).get("num_processes", 1)
+    now = distributed.num_processes()
+    if before != now and (run_dir / "checkpoint").is_dir():
+        raise PeftlabError(
+            f"'{run_dir}' was trained by {before} process(es) and this is {now}; "
+            f"resume it with {before}"
+        )
+
+
 def open_record(run_dir: Path, cfg: RunConfig) -> RunRecord:
-    if (run_dir / "run.json").exists():
-        return RunRecord.open(run_dir)
-    return RunRecord.start(run_dir, cfg.to_dict())
+    """Rank 0 opens (or starts) run.json; the other ranks get a copy that never writes."""
+    record = None
+    if distributed.is_main():
+        if (run_dir / "run.json").exists():
+            record = RunRecord.open(run_dir)
+        else:
+            record = RunRecord.start(run_dir, cfg.to_dict())
+    data = distributed.broadcast_object(dict(record) if record is not None else None)
+    return record if record is not None else RunRecord(run_dir, data, writer=False)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

@@ -9,6 +9,7 @@ position are saved, so a checkpoint of a LoRA run is megabytes, not the whole mo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -20,10 +21,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from peftlab import distributed
 from peftlab.config import TrainArgs
-from peftlab.evaluate import autocast, evaluate
+from peftlab.evaluate import evaluate
+from peftlab.fast_dropout import use_fast_dropout
 from peftlab.fsutil import write_dir_atomic, write_json_atomic
-from peftlab.resources import Meter
+from peftlab.precision import autocast
+from peftlab.resources import Meter, release_freed_memory
 
 
 @dataclass
@@ -63,6 +67,39 @@ def epoch_windows(
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_sha256(model) -> str:
+    """sha256 over the trainable weights: sorted names, then each one's dtype, shape, bytes."""
+    digest = hashlib.sha256()
+    params = sorted(
+        ((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda np: np[0]
+    )
+    for name, param in params:
+        data = param.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(f"{name} {param.dtype} {tuple(param.shape)}\n".encode())
+        digest.update(data.numpy())  # the buffer itself: no copy
+    return digest.hexdigest()
+
+
+def rank_weight_hashes(model, accelerator) -> list[str] | None:
+    """Every rank's trainable_sha256, in rank order; an error unless they are all equal.
+
+    Data parallel must end with identical copies: rank 0 alone saves the adapter and the
+    test score, so a rank that drifted (a rank-dependent branch, say) would go unnoticed.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None  # weights may be sharded there: ranks differ by design
+    hashes = distributed.gather_object(trainable_sha256(model))
+    if len(set(hashes)) > 1:
+        raise RuntimeError(
+            "the processes ended training with different weights (trainable sha256 by "
+            f"rank: {hashes}); data-parallel ranks must stay identical, so this run's "
+            "result cannot be trusted"
+        )
+    return hashes
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
@@ -155,6 +192,7 @@ def train(
     windows_per_epoch = max(1, windows_per_epoch // accelerator.num_processes)
     total_steps = args.max_steps or math.ceil(args.epochs * windows_per_epoch)
 
+    use_fast_dropout(model)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -195,8 +233,15 @@ def train(
         )
 
     model.train()
+    release_freed_memory()
     log_every = max(1, total_steps // 10)
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=None)
+    # One progress bar for the whole group: rank 0's.
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="train",
+        disable=None if accelerator.is_main_process else True,
+    )
     with Meter() as meter:
         while state.step < total_steps:
             windows = epoch_windows(
@@ -236,7 +281,12 @@ def train(
                     or (not args.eval_every and end_of_epoch)
                     or done
                 ) and (not state.evals or state.evals[-1]["step"] != state.step):
-                    validate()
+                    if done and not state.evals:
+                        # A single validation at the very end selects nothing: the test
+                        # evaluation of the same weights follows at once.
+                        log("validation skipped: one final validation would select nothing")
+                    else:
+                        validate()
                 if args.checkpoint_every and (state.step % args.checkpoint_every == 0 or done):
                     if accelerator.is_main_process:
                         checkpoints.save(
@@ -254,6 +304,7 @@ def train(
     if args.keep_best and best is not None and state.best_step != state.step:
         load_trainable_state(unwrapped, best)
         log(f"kept the best weights: step {state.best_step} ({metric} {state.best_metric:.4f})")
+    hashes = rank_weight_hashes(unwrapped, accelerator)
     return {
         "runtime_s": round(meter.seconds, 3),
         "train_compute_s": round(state.train_seconds, 3),
@@ -267,6 +318,7 @@ def train(
         "best_validation": state.best_metric,
         "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
         "num_processes": accelerator.num_processes,
+        "rank_weight_sha256": hashes,
         "history": state.history,
         "evals": state.evals,
     }

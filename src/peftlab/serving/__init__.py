@@ -31,9 +31,10 @@ def start(
     max_wait_ms: float = 10.0,
     queue_size: int = 256,
     limits: Limits | None = None,
+    precision: str = "auto",
 ) -> Server:
     """Load the base model and adapters, start the batcher; the caller serves forever."""
-    engine = Engine(adapters, base)
+    engine = Engine(adapters, base, precision=precision)
     batcher = Batcher(engine, max_batch, max_wait_ms / 1000, queue_size).start()
     try:
         return Server((host, port), engine, batcher, limits or Limits(), admin_token)

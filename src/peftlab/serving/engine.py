@@ -20,6 +20,8 @@ import torch
 from peftlab import assets, models
 from peftlab.errors import PeftlabError
 from peftlab.package import AdapterPackage, check_base, open_package
+from peftlab.precision import autocast
+from peftlab.precision import resolve as resolve_precision
 from peftlab.tasks.classification import (
     ClassificationTask,
     label_probabilities,
@@ -66,12 +68,18 @@ def check_name(name: str) -> str:
 
 class Engine:
     def __init__(
-        self, adapters: dict[str, str], base: str | None = None, allow_pickle=False, mix=True
+        self,
+        adapters: dict[str, str],
+        base: str | None = None,
+        allow_pickle=False,
+        mix=True,
+        precision: str = "auto",
     ):
         if not adapters:
             raise PeftlabError("give at least one --adapter NAME=DIR")
         self.allow_pickle = allow_pickle
         self.mix = mix  # False: one adapter per forward pass (the benchmark's comparison)
+        self.precision = resolve_precision(precision)
         first = open_package(next(iter(adapters.values())), allow_pickle)
         cfg = first.config
         self.base_name = base or cfg.model.name
@@ -230,7 +238,7 @@ class Engine:
             input_ids = pad(ids, self.tokenizer.pad_token_id, "left").to(self.device)
             mask = pad([[1] * len(x) for x in ids], 0, "left").to(self.device)
             context, kwargs = self.adapter_context([names[i] for i in rows])
-            with context:
+            with context, autocast(self.precision, self.device):
                 last = next_token_logits(self.model, input_ids, mask, **kwargs).float().cpu()
             for row, (slot, i) in enumerate(zip(slots, rows, strict=True)):
                 probs = last[row, slot.task.head.token_ids].softmax(-1)
@@ -245,7 +253,7 @@ class Engine:
         for rows in self.groups(names, [len(p) for p in all_prompts]):
             prompts = [all_prompts[i] for i in rows]
             context, kwargs = self.adapter_context([names[i] for i in rows])
-            with context:
+            with context, autocast(self.precision, self.device):
                 out = generate_tokens(
                     self.model,
                     prompts,

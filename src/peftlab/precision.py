@@ -1,0 +1,51 @@
+"""Compute precision: bf16 autocast where the hardware runs bf16 natively, else fp32.
+
+"auto" resolves once, in `RunConfig.resolved()`, so run.json records what ran. On a CPU,
+bf16 pays only with native bf16 instructions (AVX512-BF16 or AMX); elsewhere PyTorch
+emulates it and it is slower than fp32. Weights stay fp32 (trainable ones need fp32
+updates); autocast runs matmuls in bf16 and keeps norms, softmax and losses in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+CHOICES = ("auto", "fp32", "bf16")
+NATIVE_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def resolve(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16() else "fp32"
+
+
+@functools.cache
+def native_bf16() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & set(NATIVE_CPU_FLAGS))
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux; empty elsewhere, which resolves auto to fp32)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def autocast(precision: str, device):
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

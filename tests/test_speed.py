@@ -1,0 +1,89 @@
+"""The speed work keeps results right: fast dropout, precision choice, no wasted validation."""
+
+import json
+
+import pytest
+import tiny
+import torch
+from torch import nn
+
+from peftlab import precision
+from peftlab.cli import main
+from peftlab.fast_dropout import FastDropout, use_fast_dropout
+
+
+def test_fast_dropout_has_torch_dropouts_distribution():
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000)
+    y = FastDropout(0.1)(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    assert abs(y.mean().item() - 1.0) < 0.005  # the expectation is kept
+
+
+def test_fast_dropout_gradient_follows_the_mask():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 33, requires_grad=True)
+    y = FastDropout(0.3)(x)
+    y.backward(torch.ones_like(y))
+    kept = y.detach() != 0
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.7))
+
+
+def test_fast_dropout_is_seeded_by_torch_and_off_in_eval():
+    layer = FastDropout(0.5)
+    x = torch.randn(64, 64)
+    torch.manual_seed(1)
+    first = layer(x)
+    torch.manual_seed(1)
+    assert torch.equal(layer(x), first)  # a resumed run (torch RNG restored) draws the same
+    assert not torch.equal(layer(x), first)
+    assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(FastDropout(0.0)(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_use_fast_dropout_swaps_every_plain_dropout():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), nn.ModuleDict({"a": nn.Dropout(0.05)}))
+    model.eval()
+    assert use_fast_dropout(model) == 2
+    assert isinstance(model[1], FastDropout) and model[1].p == 0.2
+    assert isinstance(model[2]["a"], FastDropout) and model[2]["a"].p == 0.05
+    assert not model[1].training  # the mode is kept
+    assert use_fast_dropout(model) == 0  # already fast
+
+
+def test_precision_resolves_auto_from_the_hardware(monkeypatch):
+    assert precision.resolve("fp32") == "fp32"
+    assert precision.resolve("bf16") == "bf16"
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    assert precision.resolve("auto") == "bf16"
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    assert precision.resolve("auto") == "fp32"
+
+
+def test_cpu_flags_are_read_on_linux():
+    flags = precision.cpu_flags()
+    assert isinstance(flags, set)
+    if flags:  # Linux: every x86/arm CPU lists some flags
+        assert precision.native_bf16() == bool(flags & set(precision.NATIVE_CPU_FLAGS)) or (
+            torch.cuda.is_available()
+        )
+
+
+@pytest.mark.parametrize("eval_every", ["0", "4"])
+def test_a_lone_final_validation_is_skipped(tiny_llama, sentiment_csv, tmp_path, eval_every):
+    out = tmp_path / "run"
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--batch-size", "16"]
+    argv += ["--eval-every", eval_every, "--train-samples", "96", "--test-samples", "16"]
+    assert main(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["train"]["precision"] in ("fp32", "bf16")  # auto was resolved
+    evals = record["train"]["evals"]
+    if eval_every == "0":  # one epoch, validated once at its end: nothing to select
+        assert evals == [] and record["train"]["best_step"] is None
+        assert "none (a single final validation" in (out / "report.md").read_text()
+    else:  # validations at step 4 and at the end (step 6) choose between weights
+        assert [e["step"] for e in evals] == [4, 6]
