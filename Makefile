@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.peftlab-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test bench lint format clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: setup
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# peftlab vs the stock Trainer + peft pipeline (fp32 and bf16), alternating, 3 rounds:
+# writes bench/results.json. Not part of the tests; about an hour on 2 CPU cores.
+bench: setup
+	$(BIN)/python bench/vs_peer.py
 
 lint: setup
 	$(BIN)/ruff check .

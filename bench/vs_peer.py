@@ -1,0 +1,315 @@
+"""peftlab against the stock pipeline (transformers Trainer + peft), one run per process.
+
+    python bench/vs_peer.py                      # every case, 3 rounds -> bench/results.json
+    python bench/vs_peer.py --cases minilm-lora --rounds 1
+
+For each case the three pipelines run alternately (the order rotates every round), each
+in a fresh process so memory peaks and warm caches do not leak between them:
+- `peftlab`: `peftlab run` with its defaults (bf16 autocast where the CPU has it);
+- `peer`: Trainer + peft in Trainer's default precision (fp32);
+- `peer_bf16`: the same with `bf16=True`, what a well-read user would try on this CPU.
+Reported per pipeline (medians over rounds): train samples/s (training phase wall time,
+with the validation it runs), peak RSS during training, the final test metric, and the
+model FLOPs utilisation: achieved training FLOP/s over this machine's measured dense
+matmul peak in the pipeline's compute dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PIPELINES = ("peftlab", "peer", "peer_bf16")
+
+# Same model, data, method, hyperparameters, epochs and sequence length in every pipeline.
+COMMON = {"seed": 0, "batch_size": 8, "max_length": 128, "method": "lora", "lr": 5e-4}
+CASES = {
+    "smollm2-lora": {
+        "model": "smollm2-135m",
+        "dataset": "rotten_tomatoes",
+        "task": "classification",
+        "train_samples": 600,
+        "validation_samples": 100,
+        "test_samples": 500,
+        "metric": "accuracy",
+    },
+    "minilm-lora": {
+        "model": "minilm-l6",
+        "dataset": "rotten_tomatoes",
+        "task": "classification",
+        "train_samples": 1000,
+        "validation_samples": 200,
+        "test_samples": 1000,
+        "metric": "accuracy",
+    },
+    "smollm2-qlora": {
+        "model": "smollm2-135m",
+        "dataset": "rotten_tomatoes",
+        "task": "classification",
+        "method": "qlora",
+        "train_samples": 200,
+        "validation_samples": 50,
+        "test_samples": 300,
+        "metric": "accuracy",
+    },
+    "smollm2-headlines": {
+        "model": "smollm2-135m",
+        "dataset": "bbc_news",
+        "task": "summarization",
+        "train_samples": 200,
+        "validation_samples": 40,
+        "test_samples": 60,
+        "metric": "rouge1",
+    },
+}
+
+
+def case_config(name: str) -> dict:
+    case = {**COMMON, **CASES[name], "name": name}
+    # --smoke: a tenth of the data, to check that every pipeline runs (numbers mean nothing).
+    if os.environ.get("PEFTLAB_BENCH_SMOKE"):
+        for key in ("train_samples", "validation_samples", "test_samples"):
+            case[key] = max(16, case[key] // 10)
+    return case
+
+
+# ---------------------------------------------------------------- one measurement
+
+
+def run_peftlab(case: dict) -> dict:
+    from peftlab.config import RunConfig
+    from peftlab.run import run
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.max_length = case["model"], case["max_length"]
+    cfg.data.name, cfg.task.name = case["dataset"], case["task"]
+    for key in ("train_samples", "validation_samples", "test_samples"):
+        setattr(cfg.data, key, case[key])
+    cfg.method.name = case["method"]
+    cfg.train.batch_size, cfg.train.lr, cfg.train.seed = (
+        case["batch_size"],
+        case["lr"],
+        case["seed"],
+    )
+    cfg.train.eval_batch_size = 32
+    with tempfile.TemporaryDirectory() as out:
+        record = run(cfg.validate(), Path(out) / "run", log=lambda message: None)
+    train = record["train"]
+    return {
+        "samples_per_s": round(train["samples"] / train["runtime_s"], 3),
+        "train_runtime_s": train["runtime_s"],
+        "peak_memory_mb": train["peak_memory_mb"],
+        "metric": record["after"][case["metric"]],
+        "precision": record["config"]["train"]["precision"],
+    }
+
+
+def measure_one(case_name: str, pipeline: str) -> dict:
+    case = case_config(case_name)
+    if pipeline == "peftlab":
+        result = run_peftlab(case)
+    else:
+        sys.path.insert(0, str(HERE))
+        from peer import run_peer
+
+        result = run_peer(case, bf16=pipeline == "peer_bf16")
+        result["precision"] = "bf16" if pipeline == "peer_bf16" else "fp32"
+    result["train_flops_per_sample"] = train_flops_per_sample(case)
+    return result
+
+
+def train_flops_per_sample(case: dict) -> float:
+    """Model FLOPs of one training example, the same count for every pipeline.
+
+    Per real (unpadded) token: forward 2N over the frozen linear weights N of the
+    blocks, backward 2N for the input gradients, and 6 per trainable parameter
+    (forward, input and weight gradients); attention scores and mixing add 12 L T d
+    (forward + backward). Padding and the output head are not counted: they are work
+    a pipeline may or may not waste, not work the task needs.
+    """
+    from peftlab import assets, data, models
+    from peftlab.config import RunConfig
+    from peftlab.tasks.setup import build_task, model_info, padding_side
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.name, cfg.task.name = case["model"], case["dataset"], case["task"]
+    cfg.data.train_samples = case["train_samples"]
+    cfg = cfg.resolved()
+    source = assets.resolve_model(case["model"])
+    info = model_info(source, cfg)
+    config = models.load_config(source)
+    dataset = data.load(cfg.data, cfg.task.name)
+    tokenizer = models.load_tokenizer(source, padding_side(info))
+    task = build_task(cfg, info, dataset, tokenizer)
+    tokens = [len(item.input_ids) for item in task.encode(dataset.splits["train"])]
+    layers, width = config.num_hidden_layers, config.hidden_size
+    inner = config.intermediate_size
+    heads, kv_heads = (
+        config.num_attention_heads,
+        getattr(config, "num_key_value_heads", config.num_attention_heads),
+    )
+    head_dim = width // heads
+    attention = width * (heads + 2 * kv_heads) * head_dim + heads * head_dim * width
+    mlp = (3 if config.model_type == "llama" else 2) * width * inner
+    frozen = layers * (attention + mlp)
+    trainable = lora_parameters(config, case)
+    per_sample = [
+        t * (4 * frozen + 6 * trainable) + 12 * layers * t * t * heads * head_dim for t in tokens
+    ]
+    return sum(per_sample) / len(per_sample)
+
+
+def lora_parameters(config, case: dict, rank: int = 8) -> int:
+    width, inner = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    head_dim = width // heads
+    kv = getattr(config, "num_key_value_heads", heads) * head_dim
+    shapes = [(width, width), (width, kv), (width, kv), (width, width), (width, inner)]
+    shapes += [(width, inner), (inner, width)] if config.model_type == "llama" else [(inner, width)]
+    return config.num_hidden_layers * sum(rank * (i + o) for i, o in shapes)
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def matmul_peak() -> dict:
+    """Best dense matmul throughput (GFLOP/s) of this machine, fp32 and bf16."""
+    import torch
+
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        best = 0.0
+        for n in (1024, 2048):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            a @ b
+            for _ in range(3):
+                started = time.perf_counter()
+                for _ in range(5):
+                    a @ b
+                best = max(best, 5 * 2 * n**3 / (time.perf_counter() - started))
+        peaks[name] = round(best / 1e9, 1)
+    return peaks
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def run_in_process(case: str, pipeline: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "--one", case, pipeline, "--result", out.name]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"{case} / {pipeline} failed:\n{tail}")
+        return json.loads(Path(out.name).read_text())
+
+
+def summarize(runs: list[dict], peak: dict) -> dict:
+    entry = {
+        key: round(statistics.median(r[key] for r in runs), 4)
+        for key in ("samples_per_s", "peak_memory_mb", "metric", "train_runtime_s")
+    }
+    precision = runs[0]["precision"]
+    flops = runs[0]["train_flops_per_sample"] * entry["samples_per_s"]
+    entry.update(
+        precision=precision,
+        achieved_gflops=round(flops / 1e9, 2),
+        mfu=round(flops / 1e9 / peak[precision], 4),
+        rounds=[{k: r[k] for k in ("samples_per_s", "peak_memory_mb", "metric")} for r in runs],
+    )
+    return entry
+
+
+def ratios(results: dict) -> dict:
+    ours = results["peftlab"]
+    out = {}
+    for peer in ("peer", "peer_bf16"):
+        theirs = results[peer]
+        out[f"vs_{peer}"] = {
+            "samples_per_s": round(ours["samples_per_s"] / theirs["samples_per_s"], 3),
+            "peak_memory": round(ours["peak_memory_mb"] / theirs["peak_memory_mb"], 3),
+            "metric_points": round(100 * (ours["metric"] - theirs["metric"]), 2),
+        }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tenth of the data: check the pipelines run"
+    )
+    parser.add_argument("--one", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        Path(args.result).write_text(json.dumps(measure_one(*args.one)))
+        return 0
+
+    if args.smoke:
+        os.environ["PEFTLAB_BENCH_SMOKE"] = "1"
+    cases = args.cases.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown}; choose from {', '.join(CASES)}")
+    peak = matmul_peak()
+    print(f"matmul peak GFLOP/s: {peak}", flush=True)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.update(machine={"cpu_count": os.cpu_count(), "matmul_peak_gflops": peak})
+    report.setdefault("cases", {})
+    for case in cases:
+        runs: dict[str, list] = {p: [] for p in PIPELINES}
+        for round_ in range(args.rounds):
+            order = PIPELINES[round_ % 3 :] + PIPELINES[: round_ % 3]
+            for pipeline in order:
+                result = run_in_process(case, pipeline)
+                runs[pipeline].append(result)
+                print(
+                    f"{case} round {round_ + 1} {pipeline}: {result['samples_per_s']:.2f} "
+                    f"samples/s, {result['peak_memory_mb']:.0f} MB, metric "
+                    f"{result['metric']:.4f}",
+                    flush=True,
+                )
+        entry = {p: summarize(r, peak) for p, r in runs.items()}
+        entry["ratios"] = ratios(entry)
+        entry["config"] = case_config(case)
+        report["cases"][case] = entry
+        print(json.dumps({case: entry["ratios"]}), flush=True)
+        # Written after every case: an interrupted benchmark keeps what it measured.
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out)
+    print(table(report), flush=True)
+    return 0
+
+
+def table(report: dict) -> str:
+    lines = [
+        "| case | pipeline | train samples/s | peak MB | test metric | MFU | speed ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for case, entry in report["cases"].items():
+        for p in PIPELINES:
+            e = entry[p]
+            ratio = "" if p == "peftlab" else f"{entry['ratios'][f'vs_{p}']['samples_per_s']:.2f}x"
+            lines.append(
+                f"| {case} | {p} ({e['precision']}) | {e['samples_per_s']:.2f} | "
+                f"{e['peak_memory_mb']:.0f} | {e['metric']:.4f} | {100 * e['mfu']:.1f}% | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
