@@ -86,9 +86,9 @@ def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_cs
         sentiment_csv,
         tmp_path / "run",
         "--lr",
-        "1e-2",
+        "3e-3",
         "--epochs",
-        "8",
+        "12",
         "--precision",
         "fp32",
     )

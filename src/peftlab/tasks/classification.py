@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from peftlab.data import Example
 from peftlab.errors import ConfigError
 from peftlab.evaluate import map_batches
-from peftlab.tasks.text_formats import left_positions
+from peftlab.tasks.text_formats import PAD_MULTIPLE, left_positions
 
 # Prompt-style peft models drop position ids (warning on every batch); every other model
 # needs them with left padding, so the head always passes them.
@@ -114,7 +114,9 @@ class ClassificationTask:
 
     def collate(self, items: list[Encoded]) -> dict:
         batch = self.tokenizer.pad(
-            {"input_ids": [it.input_ids for it in items]}, return_tensors="pt"
+            {"input_ids": [it.input_ids for it in items]},
+            return_tensors="pt",
+            pad_to_multiple_of=PAD_MULTIPLE,
         )
         batch["labels"] = torch.tensor([it.label for it in items])
         return dict(batch)

@@ -28,8 +28,14 @@ class TextItem:
     reference: str | None  # the target text, when there is one
 
 
+# Batch widths are rounded up to a multiple of this. Kernels (oneDNN on a CPU, cuBLAS on a
+# GPU) build and keep state per distinct shape: with every width from 1 to max_length a
+# MiniLM bf16 run peaked at 1190 MB of RSS, with multiples of 8 at 900 MB, same speed.
+PAD_MULTIPLE = 8
+
+
 def pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
-    width = max(len(r) for r in rows)
+    width = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
     padded = [
         ([value] * (width - len(r)) + r) if side == "left" else (r + [value] * (width - len(r)))
         for r in rows
@@ -78,9 +84,14 @@ class DecoderLayout:
         if target is not None:
             target_ids = tok(target, add_special_tokens=False)["input_ids"][:max_target]
             target_ids += sorted(self.eos_ids)[:1]  # learn to stop
+        labels = [IGNORE] * len(prompt_ids) + target_ids
+        if not prompt_ids and labels:
+            # Plain text with no BOS: the first token has nothing before it to be predicted
+            # from (only padding, in a left-padded batch), so it is never a target.
+            labels[0] = IGNORE
         return TextItem(
             input_ids=prompt_ids + target_ids,
-            labels=[IGNORE] * len(prompt_ids) + target_ids,
+            labels=labels,
             prompt_len=len(prompt_ids),
             source=source,
             reference=None,
