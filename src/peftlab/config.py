@@ -218,6 +218,12 @@ class TrainArgs:
         "AMX, recent GPUs), else fp32. run.json records the resolved value.",
         choices=("auto", "fp32", "bf16"),
     )
+    cache_frozen_layers: bool = arg(
+        True,
+        "When the method trains only upper layers and the run sees each example more than "
+        "once, compute the frozen layers below them once per example (in eval mode: no "
+        "dropout there) and reuse their outputs every epoch.",
+    )
     seed: int = arg(0, "Random seed for splits, sampling, initialisation and data order.")
 
 

@@ -45,6 +45,11 @@ def cost_table(record: dict) -> str:
         ("train runtime", f"{t['runtime_s']:.1f} s ({t['steps']} steps, {t['samples']} samples)"),
         ("train throughput", f"{t['samples_per_s']:.2f} samples/s, {t['steps_per_s']:.3f} steps/s"),
         ("train peak memory", f"{t['peak_memory_mb']:.0f} MB"),
+    ]
+    if t.get("frozen_layers_cached"):  # older records lack the key
+        below = t["frozen_layers_cached"]
+        rows.append(("frozen layers", f"0-{below - 1} computed once per example, reused"))
+    rows += [
         ("adapter size", f"{adapter['size_mb']:.2f} MB ({adapter['format']})"),
         (
             "best validation",

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from peftlab import distributed
+from peftlab import distributed, frozen_cache
 from peftlab.config import TrainArgs
 from peftlab.evaluate import evaluate
 from peftlab.fast_dropout import use_fast_dropout
@@ -243,6 +243,11 @@ def train(
         disable=None if accelerator.is_main_process else True,
     )
     with Meter() as meter:
+        frozen = cache_frozen_layers(
+            accelerator, model, task, train_items, args, total_steps > windows_per_epoch, log
+        )
+        if frozen is not None:
+            state.train_seconds += frozen.build_seconds
         while state.step < total_steps:
             windows = epoch_windows(
                 lengths, args.batch_size, args.grad_accum, args.seed, state.epoch
@@ -252,7 +257,15 @@ def train(
             for window in windows[state.window :]:
                 started = time.perf_counter()
                 loss = train_step(
-                    model, task, train_items, window, optimizer, scheduler, accelerator, args
+                    model,
+                    task,
+                    train_items,
+                    window,
+                    optimizer,
+                    scheduler,
+                    accelerator,
+                    args,
+                    frozen,
                 )
                 state.train_seconds += time.perf_counter() - started
                 state.window += 1
@@ -318,13 +331,42 @@ def train(
         "best_validation": state.best_metric,
         "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
         "num_processes": accelerator.num_processes,
+        "frozen_layers_cached": frozen.stack.first_trained if frozen else 0,
         "rank_weight_sha256": hashes,
         "history": state.history,
         "evals": state.evals,
     }
 
 
-def train_step(model, task, items, window, optimizer, scheduler, accelerator, args) -> float:
+def cache_frozen_layers(accelerator, model, task, items, args, repeats: bool, log):
+    """The frozen lower layers' outputs, computed once (frozen_cache.py), when they pay."""
+    if not args.cache_frozen_layers or not repeats or accelerator.num_processes > 1:
+        return None  # each example is seen once, or ranks would each store them all
+    started = time.perf_counter()
+    built = frozen_cache.build(
+        accelerator.unwrap_model(model),
+        task,
+        items,
+        args.eval_batch_size,
+        args.precision,
+        accelerator.device,
+    )
+    if not isinstance(built, frozen_cache.FrozenCache):
+        if built:
+            log(f"the frozen lower layers run on every step: {built}")
+        return None
+    built.build_seconds = time.perf_counter() - started
+    log(
+        f"layers 0-{built.stack.first_trained - 1} are frozen: their outputs for the "
+        f"{len(items)} training examples were computed once ({built.megabytes:.0f} MB, "
+        f"{built.build_seconds:.1f} s) and are reused every epoch"
+    )
+    return built
+
+
+def train_step(
+    model, task, items, window, optimizer, scheduler, accelerator, args, frozen=None
+) -> float:
     """One optimizer step over an accumulation window; returns the window's mean loss.
 
     The loss is a mean over the task's units (examples, or target tokens for generation):
@@ -341,7 +383,10 @@ def train_step(model, task, items, window, optimizer, scheduler, accelerator, ar
         }
         last = i == len(window) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-        with sync, autocast(args.precision, accelerator.device):
+        feeding = (
+            frozen.feeding(indices, batch["attention_mask"]) if frozen else contextlib.nullcontext()
+        )
+        with sync, feeding, autocast(args.precision, accelerator.device):
             loss = task.loss(model, batch)
             accelerator.backward(loss * units[i] / total)
         loss_sum += loss.item() * units[i]
