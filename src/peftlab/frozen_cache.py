@@ -85,7 +85,8 @@ class _PassThrough(nn.Module):
         super().__init__()
         self.cache, self.as_tuple = cache, as_tuple
 
-    def forward(self, hidden_states, *args, **kwargs):
+    def forward(self, *args, **kwargs):
+        hidden_states = args[0] if args else next(iter(kwargs.values()))
         if self.cache is not None:
             hidden_states = self.cache.batch_hidden()
         return (hidden_states,) if self.as_tuple else hidden_states
@@ -130,8 +131,6 @@ class FrozenCache:
 def build(model, task, items, batch_size: int, precision: str, device) -> FrozenCache | str | None:
     """Layer k-1's output for every item at its real tokens; None where no layers below
     the trained ones are frozen; a reason where they are but cannot be stored."""
-    import psutil
-
     stack = find_stack(model)
     if stack is None:
         return None
@@ -150,7 +149,7 @@ def build(model, task, items, batch_size: int, precision: str, device) -> Frozen
                 return "weights below the trained layers are trained too"
             per_token = probe.shape[-1] * probe.element_size()
             estimate = sum(len(it.input_ids) for it in items) * per_token
-            if estimate > MEMORY_SHARE * psutil.virtual_memory().available:
+            if estimate > MEMORY_SHARE * available_memory(device):
                 return f"the stored outputs would take {estimate / 2**20:.0f} MB"
             hidden: list[torch.Tensor] = [probe] * len(items)
             order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
@@ -165,3 +164,11 @@ def build(model, task, items, batch_size: int, precision: str, device) -> Frozen
     finally:
         model.train(was_training)
     return FrozenCache(stack, hidden, as_tuple)
+
+
+def available_memory(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
