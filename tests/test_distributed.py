@@ -12,6 +12,7 @@ import tiny
 import torch
 
 from peftlab import distributed
+from peftlab.cli import main
 from peftlab.train import rank_weight_hashes, trainable_sha256
 
 
@@ -121,6 +122,15 @@ def test_torchrun_two_processes_one_run_directory(tiny_llama, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
     adapter = PeftModel.from_pretrained(base, run_dir / "adapter", is_trainable=True)
     assert trainable_sha256(adapter) == hashes[0]
+
+    # Evaluation is split between the processes and gathered: one process's numbers.
+    alone = tmp_path / "alone"
+    argv = ["run", "--model", str(tiny_llama), "--dataset", str(data), "--out", str(alone)]
+    assert main([*argv, "--max-steps", "1", *tiny.ALL_ROWS]) == 0
+    single = json.loads((alone / "run.json").read_text())["before"]
+    assert record["before"]["samples"] == single["samples"] > 0
+    assert record["before"]["accuracy"] == single["accuracy"]
+    assert record["before"]["loss"] == pytest.approx(single["loss"], abs=1e-3)
 
     # One log, not one per process (counted in the whole output: two processes' lines
     # can interleave within one line).

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from peftlab.distributed import is_main
+from peftlab import distributed
 from peftlab.precision import autocast
 from peftlab.resources import Meter
 
@@ -42,12 +42,19 @@ def map_batches(
     """fn(list of items) -> one result per item, for every item, in the items' order.
 
     A batch that runs out of memory is halved and retried (down to one item, which then
-    fails for real); the smaller size is kept for the remaining batches.
+    fails for real); the smaller size is kept for the remaining batches. Under torchrun
+    each process runs every n-th batch and all of them get every result: the batches and
+    so the numbers are the same as in one process, in a share of the time.
     """
     results: list = [None] * len(items)
     pending = length_sorted_batches(lengths, batch_size)
-    # Under torchrun every rank evaluates; rank 0 alone shows a bar.
-    bar = tqdm(total=len(items), desc=desc, leave=False, disable=None if is_main() else True)
+    processes = distributed.num_processes()
+    pending = pending[distributed.rank() :: processes]
+    mine = [i for batch in pending for i in batch]
+    # Rank 0 alone shows a bar (of its share).
+    bar = tqdm(
+        total=len(mine), desc=desc, leave=False, disable=None if distributed.is_main() else True
+    )
     while pending:
         indices = pending.pop(0)
         try:
@@ -67,6 +74,10 @@ def map_batches(
             results[i] = output
         bar.update(len(indices))
     bar.close()
+    if processes > 1:
+        for part in distributed.gather_object([(i, results[i]) for i in mine]):
+            for i, output in part:
+                results[i] = output
     return results
 
 
