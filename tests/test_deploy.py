@@ -52,6 +52,19 @@ def test_predict_labels_with_probabilities(llama_adapter, capsys):
     assert base[0]["probabilities"] != results[0]["probabilities"]
 
 
+def test_predict_merges_an_exact_method_and_predicts_the_same(llama_adapter, capsys):
+    texts = ["good great fun", "awful boring dull", "a film", "fun but dull and long"]
+    merged = predict(capsys, "--adapter", str(llama_adapter), *texts)
+    kept = predict(capsys, "--adapter", str(llama_adapter), "--no-merge", *texts)
+    for a, b in zip(merged, kept, strict=True):
+        assert a["label"] == b["label"]
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-2)  # bf16 sums
+    from peftlab.inference import Predictor
+    from peftlab.package import open_package
+
+    assert Predictor(open_package(llama_adapter), merged=True).merged
+
+
 def test_predict_matches_the_runs_own_test_evaluation(bert_adapter, sentiment_csv, tmp_path):
     record = json.loads((bert_adapter.parent / "run.json").read_text())
     from peftlab.config import DataArgs

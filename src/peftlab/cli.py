@@ -126,7 +126,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PeftlabError(f"--batch-size {args.batch_size}: use a number above 0")
     predictor = Predictor(
-        package, base=args.base, use_adapter=not args.no_adapter, allow_pickle=args.allow_pickle
+        package,
+        base=args.base,
+        use_adapter=not args.no_adapter,
+        allow_pickle=args.allow_pickle,
+        merged=not args.no_merge,
     )
     results = predictor.predict(inputs, args.batch_size)
     lines = [
@@ -302,6 +306,12 @@ def add_predict_parser(sub) -> None:
     parser.add_argument("--output", metavar="FILE", help="write JSONL here (atomically)")
     parser.add_argument(
         "--no-adapter", action="store_true", help="predict with the base model alone"
+    )
+    parser.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="keep the adapter separate; by default a method that folds exactly into the "
+        "weights (lora, dora, ia3, bitfit) is merged after loading, which predicts faster",
     )
     parser.add_argument("--batch-size", type=int, default=16, metavar="N")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickled weight files")

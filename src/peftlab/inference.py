@@ -15,7 +15,7 @@ from peftlab import assets, models
 from peftlab.data import read_table
 from peftlab.errors import DataError
 from peftlab.evaluate import map_batches
-from peftlab.methods import get_method, reload_artifact
+from peftlab.methods import get_method, merge_method, reload_artifact
 from peftlab.package import AdapterPackage, check_base
 from peftlab.precision import autocast
 from peftlab.tasks.classification import label_probabilities
@@ -31,6 +31,7 @@ class Predictor:
         use_adapter: bool = True,
         allow_pickle: bool = False,
         device: torch.device | None = None,
+        merged: bool = False,
     ):
         self.package = package
         cfg = package.config
@@ -52,6 +53,11 @@ class Predictor:
             model = reload_artifact(self.method, package.folder, model, cfg.method, self.info)
         if not extra:  # a quantized base is placed by its loader
             model.to(device or models.default_device())
+        self.merged = use_adapter and merged and not self.method.merge
+        if self.merged:
+            # The method folded into the weights: the same function without the adapter's
+            # own matmuls on every layer (merge tests hold it to the unmerged outputs).
+            model = merge_method(model, self.method)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         # The run's own (resolved) precision: predictions reproduce its evaluation.
