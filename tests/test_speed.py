@@ -87,3 +87,23 @@ def test_a_lone_final_validation_is_skipped(tiny_llama, sentiment_csv, tmp_path,
         assert "none (a single final validation" in (out / "report.md").read_text()
     else:  # validations at step 4 and at the end (step 6) choose between weights
         assert [e["step"] for e in evals] == [4, 6]
+
+
+def test_bf16_frozen_weights_are_copies_put_back_untouched():
+    from peftlab.precision import bf16_frozen_weights
+
+    model = nn.Module()
+    model.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+    model.head = nn.Linear(4, 2)  # outside the layer blocks: kept
+    model.layers[0].requires_grad_(False)
+    frozen, trained = model.layers[0].weight, model.layers[1].weight
+    saved = frozen.detach().clone()
+    with bf16_frozen_weights(model, "bf16") as swapped:
+        assert swapped == 1
+        assert model.layers[0].weight.dtype == torch.bfloat16
+        assert model.layers[1].weight is trained and model.head.weight.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.layers[0](torch.randn(2, 4))
+    assert model.layers[0].weight is frozen and torch.equal(frozen, saved)
+    with bf16_frozen_weights(model, "fp32") as swapped:
+        assert swapped == 0

@@ -26,7 +26,7 @@ from peftlab.config import TrainArgs
 from peftlab.evaluate import evaluate
 from peftlab.fast_dropout import use_fast_dropout
 from peftlab.fsutil import write_dir_atomic, write_json_atomic
-from peftlab.precision import autocast
+from peftlab.precision import autocast, bf16_frozen_weights
 from peftlab.resources import Meter, release_freed_memory
 
 
@@ -242,7 +242,7 @@ def train(
         desc="train",
         disable=None if accelerator.is_main_process else True,
     )
-    with Meter() as meter:
+    with Meter() as meter, bf16_frozen_weights(accelerator.unwrap_model(model), args.precision):
         frozen = cache_frozen_layers(
             accelerator, model, task, train_items, args, total_steps > windows_per_epoch, log
         )
