@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from peftlab import distributed
+from peftlab.models import cpu_attention
 from peftlab.precision import autocast
 from peftlab.resources import Meter
 
@@ -98,7 +99,13 @@ def evaluate(
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with Meter() as meter, torch.inference_mode(), autocast(precision, device):
+    longest = max((len(it.input_ids) for it in items), default=0)
+    with (
+        Meter() as meter,
+        torch.inference_mode(),
+        autocast(precision, device),
+        cpu_attention(model, longest),
+    ):
         metrics = task.measure(model, items, batch_size, device, desc, generate)
     model.train(was_training)
     batches = -(-len(items) // batch_size)

@@ -26,6 +26,7 @@ from peftlab.config import TrainArgs
 from peftlab.evaluate import evaluate
 from peftlab.fast_dropout import use_fast_dropout
 from peftlab.fsutil import write_dir_atomic, write_json_atomic
+from peftlab.models import cpu_attention
 from peftlab.precision import autocast, bf16_frozen_weights
 from peftlab.resources import Meter, release_freed_memory
 
@@ -242,7 +243,12 @@ def train(
         desc="train",
         disable=None if accelerator.is_main_process else True,
     )
-    with Meter() as meter, bf16_frozen_weights(accelerator.unwrap_model(model), args.precision):
+    unwrapped = accelerator.unwrap_model(model)
+    with (
+        Meter() as meter,
+        bf16_frozen_weights(unwrapped, args.precision),
+        cpu_attention(unwrapped, max(lengths)),
+    ):
         frozen = cache_frozen_layers(
             accelerator, model, task, train_items, args, total_steps > windows_per_epoch, log
         )
