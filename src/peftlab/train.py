@@ -197,10 +197,11 @@ def train(
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)  # the model itself, under any wrapper
     checkpoints = Checkpoints(checkpoint_dir)
     state, best = LoopState(), None
     if checkpoints.exists():
-        state, best = checkpoints.load(accelerator.unwrap_model(model), optimizer, scheduler)
+        state, best = checkpoints.load(unwrapped, optimizer, scheduler)
         log(f"resumed from {checkpoint_dir} at step {state.step}/{total_steps}")
 
     metric, higher_is_better = task.validation
@@ -208,7 +209,7 @@ def train(
     def validate() -> None:
         nonlocal best
         metrics = evaluate(
-            accelerator.unwrap_model(model),
+            unwrapped,
             task,
             val_items,
             args.eval_batch_size,
@@ -227,7 +228,7 @@ def train(
         if improved:
             state.best_metric, state.best_step = value, state.step
             if args.keep_best:
-                best = trainable_state(accelerator.unwrap_model(model))
+                best = trainable_state(unwrapped)
         log(
             f"step {state.step}: validation {metric} {value:.4f} (best {state.best_metric:.4f}"
             f" at step {state.best_step})"
@@ -243,14 +244,13 @@ def train(
         desc="train",
         disable=None if accelerator.is_main_process else True,
     )
-    unwrapped = accelerator.unwrap_model(model)
     with (
         Meter() as meter,
         bf16_frozen_weights(unwrapped, args.precision),
         cpu_attention(unwrapped, max(lengths)),
     ):
         frozen = cache_frozen_layers(
-            accelerator, model, task, train_items, args, total_steps > windows_per_epoch, log
+            accelerator, unwrapped, task, train_items, args, total_steps > windows_per_epoch, log
         )
         if frozen is not None:
             state.train_seconds += frozen.build_seconds
@@ -308,9 +308,7 @@ def train(
                         validate()
                 if args.checkpoint_every and (state.step % args.checkpoint_every == 0 or done):
                     if accelerator.is_main_process:
-                        checkpoints.save(
-                            accelerator.unwrap_model(model), optimizer, scheduler, state, best
-                        )
+                        checkpoints.save(unwrapped, optimizer, scheduler, state, best)
                     accelerator.wait_for_everyone()
                 if done:
                     break
@@ -319,7 +317,6 @@ def train(
                 state.window = 0
     bar.close()
 
-    unwrapped = accelerator.unwrap_model(model)
     if args.keep_best and best is not None and state.best_step != state.step:
         load_trainable_state(unwrapped, best)
         log(f"kept the best weights: step {state.best_step} ({metric} {state.best_metric:.4f})")
@@ -350,7 +347,7 @@ def cache_frozen_layers(accelerator, model, task, items, args, repeats: bool, lo
         return None  # each example is seen once, or ranks would each store them all
     started = time.perf_counter()
     built = frozen_cache.build(
-        accelerator.unwrap_model(model),
+        model,
         task,
         items,
         args.eval_batch_size,
