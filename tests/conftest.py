@@ -21,6 +21,25 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(arch) -> the folder of a tiny random-weight model, built once a session."""
+    built = {}
+
+    def make(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = tiny.make_model(tmp_path_factory.mktemp(f"tiny-{arch}"), arch)
+        return built[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def summary_csv(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("summaries")
+    return tiny.write_csv(folder / "summaries.csv", tiny.summary_rows(240))
+
+
+@pytest.fixture(scope="session")
 def sentiment_csv(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data")
     return tiny.write_csv(folder / "sentiment.csv", tiny.sentiment_rows(240))

@@ -5,100 +5,52 @@
 - with the method disabled the model computes exactly what the base model computes;
 - save -> reload reproduces the outputs (through plain peft for peft methods);
 - merged == unmerged for mergeable methods; the others refuse with a reason.
-A method cannot be registered without passing it: the suite is parametrized over METHODS.
+A method cannot be registered without passing it: the suite is parametrized over METHODS
+and over tiny models of every architecture family in builds.CASES (GPT-2, Llama, Gemma,
+DistilBERT, BERT, RoBERTa, T5, BART), each on the tasks it supports.
 """
 
 import pytest
 import torch
+from builds import CASES, Built
 
-from peftlab import assets, data, models
 from peftlab.artifact import save_artifact
-from peftlab.config import RunConfig
+from peftlab.bottleneck import is_trained_copy_param
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS, base_model, merge_method, reload_artifact
-from peftlab.run import seed_everything
-from peftlab.tasks.setup import build_task, model_info, padding_side
 
-MODELS = ["tiny_llama", "tiny_bert"]
-
-
-class Built:
-    """A tiny model with a method attached, its task, and a batch to compare outputs on."""
-
-    def __init__(self, model_dir, csv, method_name, **method_args):
-        cfg = RunConfig()
-        cfg.model.name = str(model_dir)
-        cfg.data.name = str(csv)
-        cfg.data.template = "review: {text} sentiment:"
-        cfg.method.name = method_name
-        cfg.method.num_virtual_tokens = 4
-        cfg.method.prompt_init_text = "review sentiment"
-        for key, value in method_args.items():
-            setattr(cfg.method, key, value)
-        self.cfg = cfg.validate()
-        self.method = METHODS[method_name]
-        self.source = assets.resolve_model(cfg.model.name)
-        self.info = model_info(self.source, cfg)
-        self.dataset = data.load(cfg.data)
-        self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
-        self.task = build_task(cfg, self.info, self.dataset, self.tokenizer)
-        self.base = self.fresh_base()
-        seed_everything(0)
-        self.model = self.method.attach(self.fresh_base(), cfg.method, self.info)
-        rows = self.dataset.splits["test"][:8]
-        self.batch = self.task.collate(self.task.encode(rows))
-
-    def fresh_base(self):
-        seed_everything(0)  # the same random linear head every time
-        extra = self.method.load_kwargs(self.cfg.method) if self.method.load_kwargs else None
-        return models.load_model(
-            self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
-        )
-
-    def logits(self, model):
-        model.eval()
-        with torch.no_grad():
-            return self.task.logits(model, self.batch)
-
-    def train_steps(self, steps=3):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=5e-2)
-        self.model.train()
-        for _ in range(steps):
-            loss = self.task.loss(self.model, self.batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        self.model.eval()
+# Pairs the method must refuse up front: these architectures have no bias terms, and
+# DistilBERT takes no key/value cache for prefixes.
+REFUSED = {("bitfit", arch): "no bias terms" for arch in ("llama", "gemma", "t5")}
+REFUSED["prefix", "distilbert"] = "past_key_values"
 
 
-# Pairs where the method must refuse the model up front (SmolLM2-like llama has no biases).
-REFUSED = {("bitfit", "tiny_llama"): "no bias terms"}
+@pytest.fixture(params=CASES, ids=[f"{arch}-{task}" for arch, task in CASES])
+def case(request, tiny_model, sentiment_csv, summary_csv):
+    arch, task = request.param
+    data_file = sentiment_csv if task == "classification" else summary_csv
+    return arch, tiny_model(arch), data_file, task
 
 
-@pytest.fixture(params=MODELS)
-def model_dir(request):
-    return request.param, request.getfixturevalue(request.param)
-
-
-def build(model_dir, csv, name, **method_args):
+def build(case, name, **method_args):
     """Built(...), or None after checking the refusal where the pair is in REFUSED."""
-    fixture_name, path = model_dir
-    reason = REFUSED.get((name, fixture_name))
+    arch, model_dir, data_file, task = case
+    reason = REFUSED.get((name, arch))
     if reason is None:
-        return Built(path, csv, name, **method_args)
+        return Built(model_dir, data_file, name, task, **method_args)
     with pytest.raises(PeftlabError, match=reason):
-        Built(path, csv, name, **method_args)
+        Built(model_dir, data_file, name, task, **method_args)
     return None
 
 
 def is_new_head(name: str) -> bool:
-    return name.startswith(("classifier.", "score.")) or ".classifier." in name
+    """A new linear head's parameters: peft's modules_to_save or peftlab's trained copy."""
+    return "modules_to_save" in name or is_trained_copy_param(name)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_trainable_parameters_are_the_methods_own(name, model_dir, sentiment_csv):
-    built = build(model_dir, sentiment_csv, name)
+def test_trainable_parameters_are_the_methods_own(name, case):
+    built = build(case, name)
     if built is None:
         return
     trainable = [n for n, p in built.model.named_parameters() if p.requires_grad]
@@ -113,10 +65,8 @@ def test_trainable_parameters_are_the_methods_own(name, model_dir, sentiment_csv
 
 
 @pytest.mark.parametrize("name", [n for n in METHODS if n != "full"])
-def test_training_leaves_base_weights_and_disabled_model_equals_base(
-    name, model_dir, sentiment_csv
-):
-    built = build(model_dir, sentiment_csv, name)
+def test_training_leaves_base_weights_and_disabled_model_equals_base(name, case):
+    built = build(case, name)
     if built is None:
         return
     frozen = {
@@ -137,27 +87,28 @@ def test_training_leaves_base_weights_and_disabled_model_equals_base(
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_save_reload_reproduces_outputs(name, model_dir, sentiment_csv, tmp_path):
-    built = build(model_dir, sentiment_csv, name)
+def test_save_reload_reproduces_outputs(name, case, tmp_path):
+    built = build(case, name)
     if built is None:
         return
     built.train_steps()
     expected = built.logits(built.model)
     save_artifact(built.model, built.tokenizer, tmp_path / "adapter", {}, built.method.kind)
+    # Another seed draws another new head: the saved one must replace it.
     reloaded = reload_artifact(
-        built.method, tmp_path / "adapter", built.fresh_base(), built.cfg.method, built.info
+        built.method, tmp_path / "adapter", built.fresh_base(seed=1), built.cfg.method, built.info
     )
     torch.testing.assert_close(built.logits(reloaded), expected, rtol=1e-5, atol=1e-5)
     if built.method.kind == "peft":  # plain peft, no peftlab code in the way
         from peft import PeftModel
 
-        plain = PeftModel.from_pretrained(built.fresh_base(), tmp_path / "adapter")
+        plain = PeftModel.from_pretrained(built.fresh_base(seed=1), tmp_path / "adapter")
         torch.testing.assert_close(built.logits(plain), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_merge_is_exact_or_refused_with_a_reason(name, model_dir, sentiment_csv):
-    built = build(model_dir, sentiment_csv, name)
+def test_merge_is_exact_or_refused_with_a_reason(name, case):
+    built = build(case, name)
     if built is None:
         return
     built.train_steps()

@@ -14,12 +14,6 @@ SUMMARY_KEYS = GENERATION_KEYS | {"rouge1", "rouge2", "rougeL", "rougeLsum", "ge
 
 
 @pytest.fixture(scope="session")
-def summary_csv(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("summaries")
-    return tiny.write_csv(folder / "summaries.csv", tiny.summary_rows(240))
-
-
-@pytest.fixture(scope="session")
 def pairs_jsonl(tmp_path_factory):
     path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
     rows = [

@@ -91,48 +91,125 @@ def make_bert(folder: Path, seed: int = 0) -> Path:
 
 def make_seq2seq(folder: Path, arch: str, seed: int = 0) -> Path:
     """A tiny T5 or BART over the word-level vocabulary (pad 0, bos 4, eos 5)."""
-    import torch
+    return make_model(folder, arch, seed)
+
+
+# The tutorials' architectures and one more of each family, as small as they go while
+# every method still applies (hidden 32, 4 heads, 2 layers): each builds in milliseconds.
+def _architectures(vocab: int) -> dict:
     from transformers import (
         BartConfig,
         BartForConditionalGeneration,
+        DistilBertConfig,
+        DistilBertModel,
+        GemmaConfig,
+        GemmaForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        RobertaConfig,
+        RobertaModel,
         T5Config,
         T5ForConditionalGeneration,
     )
 
-    tokenizer = make_tokenizer("decoder")
+    ids = {"pad_token_id": 0, "bos_token_id": 4, "eos_token_id": 5}
+    return {
+        "gpt2": (
+            GPT2LMHeadModel,
+            GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, **ids),
+        ),
+        # Gemma: scaled embeddings, GeGLU feed-forward, grouped-query attention.
+        "gemma": (
+            GemmaForCausalLM,
+            GemmaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=8,
+                max_position_embeddings=128,
+                **ids,
+            ),
+        ),
+        "distilbert": (
+            DistilBertModel,
+            DistilBertConfig(
+                vocab_size=vocab,
+                dim=32,
+                hidden_dim=64,
+                n_layers=2,
+                n_heads=4,
+                max_position_embeddings=128,
+                pad_token_id=0,
+            ),
+        ),
+        "roberta": (
+            RobertaModel,
+            RobertaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=160,
+                type_vocab_size=1,
+                pad_token_id=0,
+            ),
+        ),
+        "t5": (
+            T5ForConditionalGeneration,
+            T5Config(
+                vocab_size=vocab,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                pad_token_id=0,
+                eos_token_id=5,
+                decoder_start_token_id=0,
+            ),
+        ),
+        "bart": (
+            BartForConditionalGeneration,
+            BartConfig(
+                vocab_size=vocab,
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=128,
+                decoder_start_token_id=5,
+                forced_bos_token_id=None,
+                forced_eos_token_id=None,
+                **ids,
+            ),
+        ),
+    }
+
+
+ENCODERS = {"bert", "distilbert", "roberta"}
+
+
+def make_model(folder: Path, arch: str, seed: int = 0) -> Path:
+    """A tiny random-weight model of `arch` and its tokenizer, saved as from the Hub."""
+    import torch
+
+    if arch == "llama":
+        return make_llama(folder, seed)
+    if arch == "bert":
+        return make_bert(folder, seed)
+    tokenizer = make_tokenizer("encoder" if arch in ENCODERS else "decoder")
+    model_class, config = _architectures(len(tokenizer))[arch]
     torch.manual_seed(seed)
-    if arch == "t5":
-        config = T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            pad_token_id=0,
-            eos_token_id=5,
-            decoder_start_token_id=0,
-        )
-        model = T5ForConditionalGeneration(config)
-    else:
-        config = BartConfig(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            max_position_embeddings=128,
-            pad_token_id=0,
-            bos_token_id=4,
-            eos_token_id=5,
-            decoder_start_token_id=5,
-            forced_bos_token_id=None,
-            forced_eos_token_id=None,
-        )
-        model = BartForConditionalGeneration(config)
+    model = model_class(config)
+    if arch in ENCODERS:  # saved as a bare encoder, the way the Hub's base models are
+        model.config.architectures = [model_class.__name__]
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

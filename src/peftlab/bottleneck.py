@@ -16,22 +16,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Output projections of attention and feed-forward sub-blocks, across common families.
+# Attention output projections across common families (feed-forward outputs are found
+# from their shapes: architecture.feedforward_outputs).
 ATTENTION_OUTPUTS = [
     "*.self_attn.o_proj",
     "*.attention.output.dense",
     "*.attn.c_proj",
     "*.attention.out_lin",
     "*.SelfAttention.o",
+    "*.EncDecAttention.o",
     "*.self_attn.out_proj",
-]
-FEEDFORWARD_OUTPUTS = [
-    "*.mlp.down_proj",
-    "*.layer.*.output.dense",
-    "*.mlp.c_proj",
-    "*.ffn.lin2",
-    "*.DenseReluDense.wo",
-    "*.fc2",
+    "*.encoder_attn.out_proj",
+    "*.cross_attn.o_proj",
 ]
 
 
@@ -48,14 +44,27 @@ class Bottleneck(nn.Module):
 
 
 class WithAdapter(nn.Module):
-    """`base` followed by a bottleneck adapter; `enabled=False` runs the base alone."""
+    """`base` followed by a bottleneck adapter; `enabled=False` runs the base alone.
 
-    def __init__(self, base: nn.Linear, size: int):
+    Models read attributes of the layers they own (T5's feed-forward checks
+    `self.wo.weight.dtype`): the wrapper answers with the base layer's."""
+
+    def __init__(self, base: nn.Module, size: int):
+        from peftlab.architecture import features
+
         super().__init__()
         self.base = base
-        self.adapter = Bottleneck(base.out_features, size)
+        self.adapter = Bottleneck(features(base)[1], size)
         self.adapter.to(base.weight.device)
         self.enabled = True
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base(x)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from peftlab import bottleneck, selection
+from peftlab import architecture, bottleneck, selection
 from peftlab.config import MethodArgs
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.models import ModelInfo
@@ -50,9 +50,15 @@ def peft_task_type(info: ModelInfo):
     return TaskType.SEQ_2_SEQ_LM if info.kind == "seq2seq" else TaskType.CAUSAL_LM
 
 
-def wrap_peft(model, config):
+def wrap_peft(model, config, info: ModelInfo):
+    """peft's model for `config`; a new linear head trains and is saved with it whole.
+
+    peft's classification task type saves modules named classifier or score only, and
+    some heads have more new layers (DistilBERT's pre_classifier): name them all."""
     from peft import get_peft_model
 
+    if info.head == "linear":
+        config.modules_to_save = head_module_names(model, info)
     return get_peft_model(model, config)
 
 
@@ -62,25 +68,32 @@ def targets(model, args: MethodArgs, patterns: list[str] | None = None) -> list[
     )
 
 
+def fan_in_fan_out(model, names: list[str]) -> bool:
+    """True where the targets store weights transposed (GPT-2's Conv1D): peft must know."""
+    return all(architecture.is_transposed(model.get_submodule(n)) for n in names)
+
+
 def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
     from peft import LoraConfig
 
+    names = targets(model, args)
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=targets(model, args),
+        target_modules=names,
+        fan_in_fan_out=fan_in_fan_out(model, names),
         task_type=peft_task_type(info),
         **extra,
     )
 
 
 def attach_lora(model, args: MethodArgs, info: ModelInfo):
-    return wrap_peft(model, lora_config(model, args, info))
+    return wrap_peft(model, lora_config(model, args, info), info)
 
 
 def attach_dora(model, args: MethodArgs, info: ModelInfo):
-    return wrap_peft(model, lora_config(model, args, info, use_dora=True))
+    return wrap_peft(model, lora_config(model, args, info, use_dora=True), info)
 
 
 # Heads stay in full precision: they are new (trained and saved whole) or tied.
@@ -107,73 +120,121 @@ def attach_qlora(model, args: MethodArgs, info: ModelInfo):
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return wrap_peft(model, lora_config(model, args, info))
+    return wrap_peft(model, lora_config(model, args, info), info)
 
 
 def attach_ia3(model, args: MethodArgs, info: ModelInfo):
     from peft import IA3Config
+
+    names, feedforward = ia3_targets(model, args, info)
+    config = IA3Config(
+        target_modules=names,
+        feedforward_modules=feedforward,
+        fan_in_fan_out=fan_in_fan_out(model, names),
+        task_type=peft_task_type(info),
+    )
+    return wrap_peft(model, config, info)
+
+
+def ia3_targets(model, args: MethodArgs, info: ModelInfo) -> tuple[list[str], list[str]]:
+    """IA3 scales keys, values and the input of the feed-forward output projection.
+
+    peft's mapping names them for the families it knows; for others they are read from
+    the model: key/value projections by name, feed-forward outputs by their shapes."""
     from peft.utils import (
-        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as PEFT_FEEDFORWARD,
     )
     from peft.utils import (
-        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as DEFAULTS,
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_TARGETS,
     )
 
-    defaults = DEFAULTS.get(info.model_type)
-    if not args.target_modules and not defaults:
-        raise ConfigError(
-            "method.target_modules",
-            None,
-            f"IA3 has no default modules for '{info.model_type}'; name them",
-        )
-    names = targets(model, args, defaults)
-    feedforward = [
-        n
-        for n in names
-        if any(selection.matches(n, p) for p in FEEDFORWARD.get(info.model_type, []))
-    ]
-    config = IA3Config(
-        target_modules=names, feedforward_modules=feedforward, task_type=peft_task_type(info)
-    )
-    return wrap_peft(model, config)
+    if args.target_modules or info.model_type in PEFT_TARGETS:
+        names = targets(model, args, PEFT_TARGETS.get(info.model_type))
+    else:
+        blocks = targets(model, args)  # every linear layer the layer/side filters allow
+        feedforward = set(architecture.feedforward_outputs(model, blocks))
+        names = [n for n in blocks if n in feedforward]
+        names += architecture.key_value_projections([n for n in blocks if n not in feedforward])
+        if not names:
+            raise ConfigError(
+                "method.target_modules",
+                None,
+                f"IA3 found no key, value or feed-forward output layers in '{info.model_type}'"
+                f"; name them with --target-modules, from: "
+                f"{', '.join(selection.short_names(blocks)[:30])}",
+            )
+    if info.model_type in PEFT_FEEDFORWARD:
+        patterns = PEFT_FEEDFORWARD[info.model_type]
+        feedforward = [n for n in names if any(selection.matches(n, p) for p in patterns)]
+    else:
+        feedforward = architecture.feedforward_outputs(model, names)
+    return names, feedforward
+
+
+# Prompt-style configs get their dimensions from the model config here: peft's own
+# lookup misses configs that name them otherwise (DistilBERT's dim, n_heads, n_layers).
 
 
 def attach_prefix(model, args: MethodArgs, info: ModelInfo):
     from peft import PrefixTuningConfig
 
-    return wrap_peft(
-        model,
-        PrefixTuningConfig(
-            num_virtual_tokens=args.num_virtual_tokens, task_type=peft_task_type(info)
-        ),
+    if not architecture.takes_past_key_values(model):
+        raise ConfigError(
+            "method.name",
+            "prefix",
+            f"prefix tuning hands its trained keys and values to the model as a cache "
+            f"(past_key_values), which {info.model_type} does not take; use prompt or "
+            "ptuning (virtual input tokens) or a layer-wise method such as lora",
+        )
+    config = PrefixTuningConfig(
+        num_virtual_tokens=args.num_virtual_tokens,
+        task_type=peft_task_type(info),
+        **architecture.prompt_dimensions(model.config),
     )
+    return wrap_peft(model, config, info)
 
 
 def attach_prompt(model, args: MethodArgs, info: ModelInfo):
     from peft import PromptTuningConfig, PromptTuningInit
 
     text_init = args.prompt_init == "text"
+    if text_init:
+        check_init_text(args.prompt_init_text, info)
     config = PromptTuningConfig(
         num_virtual_tokens=args.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT if text_init else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=args.prompt_init_text if text_init else None,
         tokenizer_name_or_path=info.path if text_init else None,
         task_type=peft_task_type(info),
+        **architecture.prompt_dimensions(model.config),
     )
-    return wrap_peft(model, config)
+    return wrap_peft(model, config, info)
+
+
+def check_init_text(text: str, info: ModelInfo) -> None:
+    """peft repeats the init text's tokens to fill the prompt: it needs at least one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    if not tokenizer(text, add_special_tokens=False)["input_ids"]:
+        raise ConfigError(
+            "method.prompt_init_text",
+            text,
+            "the model's tokenizer turns it into no tokens; give other text or "
+            "--prompt-init random",
+        )
 
 
 def attach_ptuning(model, args: MethodArgs, info: ModelInfo):
     from peft import PromptEncoderConfig
 
-    return wrap_peft(
-        model,
-        PromptEncoderConfig(
-            num_virtual_tokens=args.num_virtual_tokens,
-            encoder_hidden_size=args.ptuning_hidden,
-            task_type=peft_task_type(info),
-        ),
+    config = PromptEncoderConfig(
+        num_virtual_tokens=args.num_virtual_tokens,
+        encoder_hidden_size=args.ptuning_hidden,
+        task_type=peft_task_type(info),
+        **architecture.prompt_dimensions(model.config),
     )
+    return wrap_peft(model, config, info)
 
 
 # ---------------------------------------------------------------- native methods
@@ -199,14 +260,32 @@ def own_or_head(owns: Callable[[str], bool]) -> Callable[[str], bool]:
 
 
 def attach_adapter(model, args: MethodArgs, info: ModelInfo):
-    patterns = list(bottleneck.FEEDFORWARD_OUTPUTS)
-    if args.adapter_placement == "houlsby":
-        patterns += bottleneck.ATTENTION_OUTPUTS
-    names = targets(model, args, patterns)
+    names = adapter_targets(model, args)
     bottleneck.train_copies(model, head_module_names(model, info))
     bottleneck.insert_adapters(model, names, args.adapter_size)
     freeze_all_but(model, own_or_head(bottleneck.is_adapter_param))
     return model
+
+
+def adapter_targets(model, args: MethodArgs) -> list[str]:
+    """After the feed-forward output projections (read from their shapes), and for
+    Houlsby placement after the attention output projections too."""
+    if args.target_modules:
+        return targets(model, args)
+    blocks = targets(model, args)
+    names = architecture.feedforward_outputs(model, blocks)
+    if args.adapter_placement == "houlsby":
+        names += [
+            n for n in blocks if any(selection.matches(n, p) for p in bottleneck.ATTENTION_OUTPUTS)
+        ]
+    if not names:
+        raise ConfigError(
+            "method.target_modules",
+            None,
+            "found no feed-forward or attention output projection for the adapters; name "
+            f"them with --target-modules, from: {', '.join(selection.short_names(blocks)[:30])}",
+        )
+    return sorted(names, key=blocks.index)
 
 
 def attach_bitfit(model, args: MethodArgs, info: ModelInfo):
@@ -376,12 +455,28 @@ def merge_method(model, method: Method):
     if method.merge:
         raise PeftlabError(f"cannot merge {method.name}: {method.merge}")
     if method.kind == "peft":
+        keep_trained_heads(model)
         return model.merge_and_unload()
     bottleneck.merge_bias_deltas(model)
     bottleneck.merge_trained_copies(model)
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def keep_trained_heads(model) -> None:
+    """Put each trained head (peft's modules_to_save copy) in place of its wrapper.
+
+    merge_and_unload does this itself, except IA3's, which breaks on a head that is not
+    one linear layer (RoBERTa's dense + out_proj head: "has no attribute 'weight'")."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    inner = model.get_base_model()
+    for name, module in list(inner.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = inner.get_submodule(parent_name) if parent_name else inner
+            setattr(parent, child, module.modules_to_save[model.active_adapter])
 
 
 def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: ModelInfo):

@@ -59,15 +59,9 @@ def select_modules(
     module_type=None,
     field: str = "method.target_modules",
 ) -> list[str]:
-    """Names of block modules (of `module_type`, default nn.Linear) that pass every filter."""
-    import torch.nn as nn
-
-    module_type = module_type or nn.Linear
-    candidates = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, module_type) and layer_index(name) is not None
-    ]
+    """Names of block modules (of `module_type`, default linear layers: nn.Linear and
+    transformers' Conv1D) that pass every filter."""
+    candidates = block_modules(model, module_type)
     selected = candidates
     if patterns:
         selected = [n for n in selected if any(matches(n, p) for p in patterns)]
@@ -76,16 +70,42 @@ def select_modules(
     if side != "both":
         selected = [n for n in selected if side_of(n) == side]
     if not selected:
-        raise ConfigError(field, patterns or "(all)", describe_miss(candidates, layers, side))
+        raise ConfigError(
+            field, patterns or "(all)", describe_miss(model, candidates, layers, side)
+        )
     return selected
 
 
-def describe_miss(candidates: list[str], layers, side: str) -> str:
-    short = sorted({".".join(n.split(".")[-2:]) for n in candidates})
+def block_modules(model, module_type=None) -> list[str]:
+    """Names of the modules of `module_type` (default: linear layers) inside layer blocks."""
+    from peftlab.architecture import linear_types
+
+    module_type = module_type or linear_types()
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, module_type) and layer_index(name) is not None
+    ]
+
+
+def short_names(names: list[str]) -> list[str]:
+    """'model.layers.0.self_attn.q_proj' -> 'self_attn.q_proj', each once, sorted."""
+    return sorted({".".join(n.split(".")[-2:]) for n in names})
+
+
+def describe_miss(model, candidates: list[str], layers, side: str) -> str:
+    if not candidates:  # no layered blocks: say what linear layers there are at all
+        from peftlab.architecture import linear_types
+
+        linear = [n for n, m in model.named_modules() if isinstance(m, linear_types())]
+        return (
+            "matches no module: this model has no numbered layer blocks; its linear layers "
+            f"are {', '.join(short_names(linear)[:30]) or 'none'}"
+        )
     indices = sorted({layer_index(n) for n in candidates})
     sides = sorted({side_of(n) or "-" for n in candidates})
-    text = f"matches no module; this model has {', '.join(short[:30])}"
-    text += f"; layers {indices[0]}-{indices[-1]}" if indices else "; no layered blocks"
+    text = f"matches no module; this model has {', '.join(short_names(candidates)[:30])}"
+    text += f"; layers {indices[0]}-{indices[-1]}"
     if layers is not None:
         text += f" (asked for layers {sorted(layers)})"
     if side != "both":
