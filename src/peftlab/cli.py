@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "measure what it gained.",
     )
     parser.add_argument("--version", action="version", version=f"peftlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = debug_flag_on_every(sub.add_parser)
     run_parser = sub.add_parser(
         "run",
         help="evaluate a base model, fine-tune it, evaluate again, write a run directory",
@@ -283,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list the built-in datasets")
     sub.add_parser("methods", help="list the fine-tuning methods")
     return parser
+
+
+DEBUG_HELP = (
+    "show the Python traceback of an unexpected error (by default one line on stderr, "
+    "the traceback in the run directory's error.log or a temporary file)"
+)
+
+
+def debug_flag_on_every(add_parser):
+    """`--debug` works before the command and after it."""
+
+    def add(*args, **kwargs):
+        parser = add_parser(*args, **kwargs)
+        parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
+        return parser
+
+    return add
 
 
 def add_adapter_arguments(parser) -> None:
@@ -410,6 +431,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("PEFTLAB_DEBUG") == "1"
     if args.command in ("run", "compare", "predict", "merge", "serve"):
         quiet_libraries()
     try:
@@ -420,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftlab: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
         return 130
+    except Exception as exc:  # never a traceback for the user; kept in a file instead
+        if debug:
+            raise
+        from peftlab.failure import one_line
+
+        print(f"peftlab: error: {one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, OSError) else 1
 
 
 if __name__ == "__main__":

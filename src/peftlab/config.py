@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -267,6 +268,8 @@ class RunConfig:
         """Reject bad values up front; each error names the field, the value and the fix."""
         for section, name, f in iter_fields(self):
             value = getattr(section, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(field_path(self, section, name), value, "use a finite number")
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(field_path(self, section, name), value, f"use one of {choices}")

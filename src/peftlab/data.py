@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from peftlab import label_checks
 from peftlab.assets import BUILTIN_DATASETS, package_dir
 from peftlab.config import DataArgs
 from peftlab.errors import DataError
@@ -94,6 +95,7 @@ def load(args: DataArgs, task: str = "classification") -> TaskData:
     index = {name: i for i, name in enumerate(label_names)}
     examples = {name: _to_examples(frame, index, args.name, name) for name, frame in frames.items()}
     splits = _capped_splits(examples, args)
+    label_checks.check_train_covers(splits, label_names, frames, args.name)
     return TaskData(
         splits=splits,
         label_names=label_names,
@@ -364,6 +366,7 @@ def _label_names(frames, given, label_col, dataset) -> list[str]:
     values = set()
     for frame in frames.values():
         values.update(str(v) for v in frame["label"] if not _is_missing(v))
+    label_checks.check_values(frames, values, dataset, label_col)
     if len(values) < 2:
         raise DataError(
             f"dataset '{dataset}': column '{label_col}' has {len(values)} distinct label(s) "

@@ -17,13 +17,17 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, content: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -46,9 +50,8 @@ def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
         fill(tmp)
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            os.replace(path, old)  # onto the empty folder: a rename, never a copy
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -60,3 +63,19 @@ def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
 
 def dir_size_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[str]:
+    """Remove what an interrupted atomic write left in `folder` (dot-named temporaries).
+
+    Only call this while no other writer can be at work there (the run lock is held)."""
+    removed = []
+    for entry in Path(folder).glob(".*"):
+        if entry.is_dir() and "." in entry.name[1:]:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.endswith(".tmp"):
+            entry.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(entry.name)
+    return removed

@@ -23,6 +23,7 @@ import torch
 from peftlab import architecture, bottleneck, selection
 from peftlab.config import MethodArgs
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.failure import first_line
 from peftlab.models import ModelInfo
 
 
@@ -488,7 +489,14 @@ def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: 
     if method.kind == "peft":
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, folder)
+        try:
+            return PeftModel.from_pretrained(base, folder)
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise PeftlabError(
+                f"peft cannot load the adapter in '{folder}' ({type(exc).__name__}: "
+                f"{first_line(exc)}); its adapter_config.json or weights do not fit this "
+                "base model"
+            ) from None
     if method.kind == "full":
         return type(base).from_pretrained(folder)
     model = method.attach(base, args, info)

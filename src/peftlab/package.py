@@ -19,6 +19,7 @@ from peftlab.assets import ModelSource, model_fingerprint, sha256_file
 from peftlab.config import RunConfig, from_dict
 from peftlab.data import TaskData
 from peftlab.errors import PeftlabError
+from peftlab.failure import first_line
 
 REQUIRED_KEYS = ("base_model", "task", "method", "config", "files")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -92,6 +93,14 @@ def read_manifest(folder: Path) -> dict:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise AdapterError(f"{path} lacks {missing}; re-save the adapter with this peftlab")
+    files = manifest["files"]
+    if not files or not isinstance(files, dict):
+        raise AdapterError(
+            f"{path} is damaged: 'files' must map each weight file to its sha256 "
+            f"(found {files!r}); copy the adapter folder again from the run directory"
+        )
+    if not isinstance(manifest["config"], dict):
+        raise AdapterError(f"{path} is damaged: 'config' is not a mapping of settings")
     return manifest
 
 
@@ -103,6 +112,16 @@ def check_files(folder: Path, manifest: dict, allow_pickle: bool) -> None:
             f"'{folder}' holds pickled files {pickled}; loading them can run arbitrary code. "
             "peftlab loads safetensors only; pass --allow-pickle if you trust the files"
         )
+    peft_config = folder / "adapter_config.json"
+    if peft_config.is_file():
+        try:
+            if not isinstance(json.loads(peft_config.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AdapterError(
+                f"{peft_config} is damaged ({first_line(exc)}); copy the adapter folder "
+                "again from the run directory"
+            ) from None
     for name, expected in manifest["files"].items():
         path = folder / name
         if not path.is_file():

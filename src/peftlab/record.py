@@ -69,6 +69,13 @@ class RunRecord(dict):
             data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise PeftlabError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise PeftlabError(
+                f"{path} is damaged: it holds no run record with a config; restore it, or "
+                "delete the folder and start the run again"
+            )
+        if not isinstance(data.get("format_version", 0), int):
+            raise PeftlabError(f"{path} is damaged: format_version is not a number")
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise PeftlabError(
                 f"{path} was written by a newer peftlab (format {data['format_version']}); "

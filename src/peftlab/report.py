@@ -190,6 +190,11 @@ def plot_bars(record: dict, path: Path) -> bool:
 
 
 def save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    """Atomically, under a temporary name of its own (two writers never share one)."""
+    import io
+
+    from peftlab.fsutil import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -10,6 +10,9 @@ load, evaluate and train (data parallel), and rank 0 alone writes the run direct
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,9 +23,11 @@ from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
 from peftlab.errors import PeftlabError
 from peftlab.evaluate import evaluate
+from peftlab.failure import describe_os_error, first_line, write_traceback
+from peftlab.fsutil import remove_stale_temporaries
 from peftlab.methods import base_model, get_method
 from peftlab.models import count_parameters
-from peftlab.record import RunRecord, environment
+from peftlab.record import RECORD_FILE, RunRecord, environment
 from peftlab.report import write_report
 from peftlab.tasks import TASK_SPECS
 from peftlab.tasks.setup import build_task, model_info, padding_side
@@ -41,13 +46,20 @@ class Shared:
 def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | None = None):
     distributed.init()  # first: what follows may depend on the rank
     log = distributed.main_only(log or say)
-    shared = shared or Shared()
     cfg = cfg.resolved()
     # The default name holds a timestamp: rank 0's choice is everyone's directory.
     run_dir = Path(distributed.broadcast_object(str(run_dir or cfg.out or default_run_dir(cfg))))
-    check_run_dir(run_dir, cfg)
-    seed_everything(cfg.train.seed)
+    with lock_run_dir(run_dir):  # one writer per run directory; rank 0 holds it
+        check_run_dir(run_dir, cfg)
+        try:
+            return execute(cfg, run_dir, log, shared or Shared())
+        except Exception as exc:
+            record_failure(run_dir, exc)
+            raise
 
+
+def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
+    seed_everything(cfg.train.seed)
     with distributed.main_first():  # a built-in model is converted once, by rank 0
         source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
@@ -82,24 +94,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
         distributed.backend(),
     )
     record["data"] = data_summary(dataset, task)
-
-    if "before" not in record and shared.before:
-        record["before"] = shared.before
-    if "before" not in record:
-        # Every rank evaluates (same weights, same result): no rank idles into a timeout.
-        log("evaluating the base model on the test split...")
-        with base_model(model):
-            record["before"] = evaluate(
-                model,
-                task,
-                items["test"],
-                cfg.train.eval_batch_size,
-                cfg.train.precision,
-                desc="test (base)",
-            )
-        record.save()
-    shared.before = record["before"]
-    log(summary_line("base", record["before"], cfg.task.name))
+    evaluate_base(record, model, task, items["test"], cfg, shared, log)
 
     log(
         f"{method.name}: {trainable:,} trainable of {total:,} parameters "
@@ -133,15 +128,64 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
             manifest(cfg, info, tokenizer, record),
             method.kind,
         )
+    finish(record)
+    distributed.barrier()  # everyone returns once the run directory is complete
+    return record
+
+
+def evaluate_base(record: RunRecord, model, task, test_items, cfg, shared: Shared, log) -> None:
+    """The base model's test metrics: stored once, shared by the runs of a comparison."""
+    if "before" not in record and shared.before:
+        record["before"] = shared.before
+    if "before" not in record:
+        # Every rank evaluates (same weights, same result): no rank idles into a timeout.
+        log("evaluating the base model on the test split...")
+        with base_model(model):
+            record["before"] = evaluate(
+                model,
+                task,
+                test_items,
+                cfg.train.eval_batch_size,
+                cfg.train.precision,
+                desc="test (base)",
+            )
+        record.save()
+    shared.before = record["before"]
+    log(summary_line("base", record["before"], cfg.task.name))
+
+
+def finish(record: RunRecord) -> None:
+    """Report, then "done" as the very last word: a run killed before it resumes and ends
+    here; one killed after it is complete. The checkpoint only served --resume."""
+    record.pop("error", None)
+    if distributed.is_main():
+        write_report(record)
     record["status"] = "done"
     record.save()
     if distributed.is_main():
-        write_report(record)
-        # The checkpoint only serves --resume; a finished run no longer needs it (for
-        # `full` it holds the whole model and its optimizer state).
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    distributed.barrier()  # everyone returns once the run directory is complete
-    return record
+        clean_finished(record.run_dir)
+
+
+def clean_finished(run_dir: Path) -> None:
+    # For `full` the checkpoint holds the whole model and its optimizer state.
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    remove_stale_temporaries(run_dir)
+
+
+def record_failure(run_dir: Path, exc: Exception) -> None:
+    """A failed run says so in run.json, and keeps the traceback in error.log (noted on the
+    exception, so the CLI's one line can point to it); --resume continues from there."""
+    if not distributed.is_main() or not (run_dir / RECORD_FILE).is_file():
+        return
+    try:
+        record = RunRecord.open(run_dir)
+        record["status"] = "failed"
+        record["error"] = {"type": type(exc).__name__, "message": first_line(exc)}
+        if not isinstance(exc, PeftlabError):
+            exc.add_note(f"traceback: {write_traceback(exc, run_dir)}")
+        record.save()
+    except (OSError, PeftlabError):
+        pass  # the record could not be written either: the original error says more
 
 
 def resume(run_dir: str | Path, log=None) -> RunRecord:
@@ -149,6 +193,8 @@ def resume(run_dir: str | Path, log=None) -> RunRecord:
     log = distributed.main_only(log or say)
     record = RunRecord.open(run_dir)
     if record.get("status") == "done":
+        if distributed.is_main():
+            clean_finished(Path(run_dir))  # a kill right after "done" may have left these
         log(f"{run_dir} already finished; nothing to resume")
         return record
     return run(from_dict(record["config"]).validate(), Path(run_dir), log)
@@ -159,12 +205,67 @@ def say(message: str) -> None:
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory is reused only by the same config (that is, by --resume)."""
-    if (run_dir / "run.json").exists() and RunRecord.open(run_dir)["config"] != cfg.to_dict():
+    """A run directory is reused only to continue the same config's unfinished run."""
+    if not (run_dir / RECORD_FILE).exists():
+        return
+    record = RunRecord.open(run_dir)
+    if record["config"] != cfg.to_dict():
         raise PeftlabError(
             f"'{run_dir}' already holds a run with another config; choose a new --out, "
             f"or continue that run with: peftlab run --resume {run_dir}"
         )
+    if record.get("status") == "done":
+        raise PeftlabError(
+            f"'{run_dir}' already holds this run, finished; choose a new --out to run it "
+            "again (or delete the folder)"
+        )
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock in the run directory while the run works in it.
+
+    Taking it also proves, before any model is loaded, that --out can be written. A
+    folder made here that never got a run.json (a setting was refused) is removed again."""
+    if not distributed.is_main():
+        yield
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PeftlabError(f"--out '{run_dir}' is a file; choose a folder for the run")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole run)
+    except OSError as exc:
+        raise PeftlabError(f"--out '{run_dir}': {describe_os_error(exc)}") from None
+    try:
+        with handle:
+            hold(handle, run_dir)
+            remove_stale_temporaries(run_dir)  # a killed writer's leftovers; we hold the lock
+            yield
+    finally:
+        if created and not (run_dir / RECORD_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def hold(handle, run_dir: Path) -> None:
+    """Take the lock without waiting; the lock file names the process holding it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise PeftlabError(
+            f"'{run_dir}' is in use by another peftlab run ({holder}); wait for it to end "
+            "or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
 
 
 def check_process_count(record: RunRecord, run_dir: Path) -> None:

@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 
 from peftlab import distributed, frozen_cache
 from peftlab.config import TrainArgs
+from peftlab.errors import PeftlabError
 from peftlab.evaluate import evaluate
+from peftlab.failure import first_line
 from peftlab.fast_dropout import use_fast_dropout
 from peftlab.fsutil import write_dir_atomic, write_json_atomic
 from peftlab.models import cpu_attention
@@ -105,9 +107,12 @@ def rank_weight_hashes(model, accelerator) -> list[str] | None:
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise RuntimeError(f"checkpoint names parameters this model lacks: {missing[:3]}")
+    unknown = [n for n in state if n not in params]
+    if unknown:
+        raise RuntimeError(f"checkpoint names parameters this model lacks: {unknown[:3]}")
+    absent = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if absent:
+        raise RuntimeError(f"checkpoint lacks trained parameters: {absent[:3]}")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
@@ -169,6 +174,17 @@ class Checkpoints:
         write_dir_atomic(self.folder, fill)
 
     def load(self, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
+        """Everything or nothing: a damaged checkpoint is one clear error."""
+        try:
+            return self._load(model, optimizer, scheduler)
+        except Exception as exc:  # safetensors, torch, json: each fails its own way
+            raise PeftlabError(
+                f"the checkpoint in {self.folder} is damaged ({type(exc).__name__}: "
+                f"{first_line(exc)}); delete {self.folder} to restart training from the "
+                "last milestone in run.json (the base evaluation is kept)"
+            ) from None
+
+    def _load(self, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
         load_trainable_state(model, load_file(self.folder / "trainable.safetensors"))
         # Our own file of tensors and numbers: weights_only loading, no arbitrary pickle.
         extra = torch.load(self.folder / "optimizer.pt", weights_only=True)
