@@ -48,7 +48,7 @@ def test_gpt2_lora_adapts_its_conv1d_layers_and_merges_exactly(
 
 def test_seed000_tutorial_gpt2_lora_sequence_classification(tiny_model, sentiment_csv, tmp_path):
     """The GPT-2 tutorial: LoRA on GPT2ForSequenceClassification (a new linear head, pad =
-    a real token id), at its learning rate scaled to a tiny model; it must learn."""
+    a real token id), on a tiny random-weight GPT-2 at a rate that suits it; it must learn."""
     record = run_cli(
         tiny_model("gpt2"),
         sentiment_csv,
