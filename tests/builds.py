@@ -47,6 +47,7 @@ class Built:
         cfg.model.name = str(model_dir)
         cfg.data.name = str(data_file)
         cfg.task.name = task
+        cfg.model.max_length = 64  # the tiny texts are short; fits every position table
         if task == "classification":
             cfg.data.template = "review: {text} sentiment:"
         cfg.method.name = method_name

@@ -111,3 +111,12 @@ def test_readme_architecture_table_is_current(tmp_path):
     assert readme_table(README.read_text(encoding="utf-8")) == expected, (
         "README's architecture x method table is stale: run python tests/support_table.py"
     )
+
+
+def test_inputs_longer_than_learned_positions_are_refused(tiny_model, sentiment_csv, capsys):
+    argv = ["run", "--model", str(tiny_model("gpt2")), "--dataset", str(sentiment_csv)]
+    assert main([*argv, "--max-length", "512"]) == 2
+    err = capsys.readouterr().err
+    assert "model.max_length = 512" in err and "has 256 positions" in err
+    assert main([*argv, "--max-length", "200", "--task", "summarization"]) == 2
+    assert "model.max_length + task.max_target_length = 264" in capsys.readouterr().err

@@ -116,7 +116,7 @@ def _architectures(vocab: int) -> dict:
     return {
         "gpt2": (
             GPT2LMHeadModel,
-            GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, **ids),
+            GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256, **ids),
         ),
         # Gemma: scaled embeddings, GeGLU feed-forward, grouped-query attention.
         "gemma": (

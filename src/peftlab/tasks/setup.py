@@ -32,7 +32,41 @@ def model_info(source: ModelSource, cfg: RunConfig) -> models.ModelInfo:
         if cfg.model.head != "auto":
             raise ConfigError("model.head", cfg.model.head, "--head is for classification; drop it")
         head = "lm"
+    check_positions(config, cfg, kind)
     return models.ModelInfo(kind=kind, model_type=config.model_type, head=head, path=source.path)
+
+
+# These count positions from padding_idx + 1: two fewer usable than the table holds.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+def check_positions(config, cfg: RunConfig, kind: str) -> None:
+    """Refuse inputs longer than the model's table of learned positions (GPT-2, BERT,
+    BART: longer inputs index past it). Rotary (Llama, Gemma) and relative (T5)
+    positions have no table to run out of."""
+    from peftlab.architecture import text_config
+
+    text = text_config(config)
+    positions = getattr(text, "max_position_embeddings", None)
+    rotary = any(getattr(text, a, None) is not None for a in ("rope_parameters", "rope_theta"))
+    if not isinstance(positions, int) or rotary:
+        return
+    if text.model_type in OFFSET_POSITIONS:
+        positions -= (text.pad_token_id or 0) + 1
+    need, parts = cfg.model.max_length, "model.max_length"
+    if kind == "causal_lm" and cfg.task.name != "classification":
+        need += cfg.task.max_target_length  # a decoder reads prompt and target as one
+        parts += " + task.max_target_length"
+    if cfg.method.name in ("prompt", "ptuning"):
+        need += cfg.method.num_virtual_tokens  # virtual tokens take positions too
+        parts += " + method.num_virtual_tokens"
+    if need > positions:
+        raise ConfigError(
+            parts,
+            need,
+            f"'{cfg.model.name}' has {positions} positions; lower --max-length (or the "
+            "other lengths) so the sum fits",
+        )
 
 
 def padding_side(info: models.ModelInfo) -> str:
