@@ -66,9 +66,11 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from peftlab.distributed import is_main
     from peftlab.report import before_after_table
-    from peftlab.run import resume, run
+    from peftlab.run import Shared, resume, run
 
     if args.resume:
         given = [k for k in vars(args) if "." in k or k in ("out", "name")]
@@ -79,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         record = resume(args.resume)
     else:
-        record = run(build_config(args))
+        shared = Shared(folder=Path(args.shared_dir)) if args.shared_dir else None
+        record = run(build_config(args), shared=shared)
     if record.get("status") == "done" and is_main():  # one summary, not one per process
         print()
         print(before_after_table(record))
@@ -91,15 +94,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from peftlab.compare import compare
+    from peftlab.compare import Execution, compare, join
     from peftlab.compare_report import markdown_table, summary
     from peftlab.config import coerce
 
+    if args.jobs < 1 or args.heartbeat <= 0:
+        raise PeftlabError("--jobs and --heartbeat take numbers above 0")
+    execution = Execution(args.storage, args.jobs, args.study, args.heartbeat)
+    if args.worker:
+        out = Path(getattr(args, "out", None) or "runs/worker")
+        out.mkdir(parents=True, exist_ok=True)
+        ran = join(out, execution)
+        print(f"worker done: ran {ran} run(s); nothing is left waiting")
+        return 0
     methods = coerce(args.methods, list[str], "--methods") if args.methods else []
     seeds = coerce(args.seeds, list[int], "--seeds")
     base = build_config(args)
     out = Path(base.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
-    board = compare(base, methods, seeds, out, [Path(d) for d in args.run_dirs])
+    out.mkdir(parents=True, exist_ok=True)
+    board = compare(base, methods, seeds, out, [Path(d) for d in args.run_dirs], execution)
     print()
     print(summary(board))
     print()
@@ -258,14 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
+    run_parser.add_argument(
+        "--shared-dir",
+        metavar="DIR",
+        help="read (or compute once and write) the split data, its encoding and the base "
+        "evaluation here; `peftlab compare` gives its runs one",
+    )
     add_config_flags(run_parser)
     compare_parser = sub.add_parser(
         "compare",
         help="run several methods x seeds on one task and build a leaderboard",
-        description="Run every method x seed as its own run directory under --out (sharing "
-        "one dataset, encoding and base evaluation), then write compare.json, compare.md "
-        "and compare.html. Finished runs are kept on a rerun; a failing method is recorded "
-        "and the rest go on. Existing run directories can be given to only build the report.",
+        description="Run every method x seed as its own run directory under --out, each in "
+        "a process of its own (sharing one dataset, encoding and base evaluation through "
+        "--out/shared), then write compare.json, compare.md and compare.html. The runs are "
+        "trials of an Optuna study (--storage): --jobs runs several at once, and "
+        "`peftlab compare --worker --storage URL` on other machines joins in. Finished runs "
+        "are kept on a rerun and failed ones retried; a failing method is recorded and the "
+        "rest go on. Existing run directories can be given to only build the report.",
     )
     compare_parser.add_argument(
         "run_dirs", nargs="*", metavar="RUN_DIR", help="finished run directories to include"
@@ -277,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default="0", metavar="LIST", help="comma-separated seeds (default: 0)"
     )
     compare_parser.add_argument("--config", metavar="YAML", help="YAML file of run settings")
+    add_execution_arguments(compare_parser)
     add_config_flags(compare_parser)
     add_predict_parser(sub)
     add_merge_parser(sub)
@@ -285,6 +308,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list the built-in datasets")
     sub.add_parser("methods", help="list the fine-tuning methods")
     return parser
+
+
+def add_execution_arguments(parser) -> None:
+    group = parser.add_argument_group("execution (each run is a process of its own)")
+    group.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at once here, splitting the "
+        "cores between them (and one GPU each where there are GPUs); default: 1",
+    )
+    group.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage that records the runs (default: sqlite in --out); a database "
+        "URL such as postgresql://user@host/db lets workers on other machines join",
+    )
+    group.add_argument(
+        "--worker",
+        action="store_true",
+        help="join the comparison in --storage and run its waiting runs (under --out here) "
+        "until none is left",
+    )
+    group.add_argument("--study", metavar="NAME", help="with --worker: which comparison")
+    group.add_argument(
+        "--heartbeat",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between a running run's heartbeats (a worker keeps its comparison's); a run silent for 4x this is "
+        "retried by another worker (default: 30)",
+    )
 
 
 DEBUG_HELP = (
@@ -412,7 +468,9 @@ def add_serve_parser(sub) -> None:
 
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Library deprecation chatter is for library authors, not for peftlab users.
+    # Library deprecation chatter is for library authors, not for peftlab users; so is
+    # Optuna's note that heartbeats are "experimental" (they have been since 2.8).
+    warnings.filterwarnings("ignore", message=".*experimental.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # bitsandbytes asks for an optional Hub-hosted kernel on every import; it falls back
@@ -430,6 +488,9 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from peftlab.child import bind_to_parent
+
+    bind_to_parent()  # a comparison's child run dies with its worker
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("PEFTLAB_DEBUG") == "1"
     if args.command in ("run", "compare", "predict", "merge", "serve"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from peftlab import assets, data, distributed, models
+from peftlab import assets, data, distributed, models, shared_cache
 from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
 from peftlab.errors import PeftlabError
@@ -30,17 +30,23 @@ from peftlab.models import count_parameters
 from peftlab.record import RECORD_FILE, RunRecord, environment
 from peftlab.report import write_report
 from peftlab.tasks import TASK_SPECS
+from peftlab.tasks.classification import Encoded
 from peftlab.tasks.setup import build_task, model_info, padding_side
+from peftlab.tasks.text_formats import TextItem
 from peftlab.train import train
 
 
 @dataclass
 class Shared:
-    """What the runs of one comparison share: data, its encoding, the base evaluation."""
+    """What the runs of one comparison share: data, its encoding, the base evaluation.
+
+    In memory for runs in one process; with a `folder`, on disk (shared_cache.py) for
+    runs that are processes of their own."""
 
     dataset: data.TaskData | None = None
     items: dict | None = None
     before: dict | None = None
+    folder: Path | None = None
 
 
 def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | None = None):
@@ -64,20 +70,16 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
         source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     method = get_method(cfg.method.name)
-    dataset = shared.dataset = shared.dataset or data.load(cfg.data, cfg.task.name)
+    tokenizer = models.load_tokenizer(source, padding_side=padding_side(info))
+    dataset, task, items = task_data(cfg, info, tokenizer, shared)
     log(f"data: {dataset.description}: {dataset.sizes} examples, {describe(dataset)}")
 
-    tokenizer = models.load_tokenizer(source, padding_side=padding_side(info))
-    task = build_task(cfg, info, dataset, tokenizer)
     extra = method.load_kwargs(cfg.method) if method.load_kwargs else None
     model = models.load_model(
         source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle, extra
     )
     if not extra:  # a quantized base is placed by its loader
         model.to(distributed.device())  # this process's own GPU when there are several
-    items = shared.items = shared.items or {
-        name: task.encode(rows) for name, rows in dataset.splits.items()
-    }
     seed_everything(cfg.train.seed)
     model = method.attach(model, cfg.method, info)
     trainable, total = count_parameters(model)
@@ -94,7 +96,7 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
         distributed.backend(),
     )
     record["data"] = data_summary(dataset, task)
-    evaluate_base(record, model, task, items["test"], cfg, shared, log)
+    evaluate_base(record, model, task, items["test"], cfg, shared, bool(extra), log)
 
     log(
         f"{method.name}: {trainable:,} trainable of {total:,} parameters "
@@ -133,15 +135,40 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
     return record
 
 
-def evaluate_base(record: RunRecord, model, task, test_items, cfg, shared: Shared, log) -> None:
+def task_data(cfg: RunConfig, info, tokenizer, shared: Shared) -> tuple:
+    """The split dataset, its task and its encoded splits: loaded and encoded once per
+    comparison (in memory, or on disk for runs in processes of their own)."""
+
+    def compute() -> tuple:
+        dataset = shared.dataset or data.load(cfg.data, cfg.task.name)
+        task = build_task(cfg, info, dataset, tokenizer)
+        items = shared.items or {name: task.encode(rows) for name, rows in dataset.splits.items()}
+        return dataset, task, items
+
+    def dump() -> dict:
+        dataset, _, items = compute()
+        return shared_cache.dump_task_data(dataset, items)
+
+    if shared.folder is None:
+        dataset, task, items = compute()
+    else:
+        key = f"data-{shared_cache.data_key(cfg)}"
+        entry = shared_cache.cached_json(shared.folder, key, dump)
+        item_type = Encoded if cfg.task.name == "classification" else TextItem
+        dataset, items = shared_cache.load_task_data(entry, item_type)
+        task = build_task(cfg, info, dataset, tokenizer)
+    shared.dataset, shared.items = dataset, items
+    return dataset, task, items
+
+
+def evaluate_base(record, model, task, test_items, cfg, shared: Shared, quantized, log) -> None:
     """The base model's test metrics: stored once, shared by the runs of a comparison."""
-    if "before" not in record and shared.before:
-        record["before"] = shared.before
-    if "before" not in record:
+
+    def compute() -> dict:
         # Every rank evaluates (same weights, same result): no rank idles into a timeout.
         log("evaluating the base model on the test split...")
         with base_model(model):
-            record["before"] = evaluate(
+            return evaluate(
                 model,
                 task,
                 test_items,
@@ -149,6 +176,12 @@ def evaluate_base(record: RunRecord, model, task, test_items, cfg, shared: Share
                 cfg.train.precision,
                 desc="test (base)",
             )
+
+    if "before" not in record:
+        if shared.folder is not None:
+            key = f"before-{shared_cache.before_key(cfg, quantized)}"
+            shared.before = shared_cache.cached_json(shared.folder, key, compute)
+        record["before"] = shared.before or compute()
         record.save()
     shared.before = record["before"]
     log(summary_line("base", record["before"], cfg.task.name))

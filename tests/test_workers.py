@@ -1,0 +1,101 @@
+"""A comparison spread over worker processes through one Optuna storage (SQLite here):
+every run is claimed exactly once, and a worker killed mid-run has its run retried and
+finished by another."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import tiny
+from optuna.trial import TrialState
+
+RUN = ["--epochs", "1", "--batch-size", "16", "--precision", "fp32", *tiny.ALL_ROWS]
+HEARTBEAT = ["--heartbeat", "2"]  # a silent run is retried after 8 s
+
+
+def peftlab(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "peftlab", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def trials(storage: str) -> list:
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(storage=storage, study_name=summary.study_name).trials
+
+
+def wait_for(condition, timeout=120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if condition():
+                return
+        except Exception:  # noqa: BLE001 - the folder, database or study is not there yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def completed_names(storage: str) -> list[str]:
+    return sorted(t.user_attrs["name"] for t in trials(storage) if t.state == TrialState.COMPLETE)
+
+
+def test_two_workers_run_every_trial_exactly_once(tiny_llama, sentiment_csv, tmp_path):
+    out, elsewhere = tmp_path / "cmp", tmp_path / "worker"
+    storage = f"sqlite:///{out / 'study.db'}"
+    coordinator = peftlab(
+        "compare", "--methods", "lora,full", "--seeds", "0,1",
+        *tiny.where(tiny_llama, sentiment_csv, out), *RUN, *HEARTBEAT,
+    )  # fmt: skip
+    wait_for(lambda: len(trials(storage)) == 4)
+    worker = peftlab("compare", "--worker", "--storage", storage, "--out", str(elsewhere))
+    worker_out, _ = worker.communicate(timeout=300)
+    coordinator_out, _ = coordinator.communicate(timeout=300)
+    assert coordinator.returncode == 0, coordinator_out
+    assert worker.returncode == 0, worker_out
+    names = ["full-seed0", "full-seed1", "lora-seed0", "lora-seed1"]
+    assert completed_names(storage) == names and len(trials(storage)) == 4
+    by_worker = sorted(p.name for p in elsewhere.iterdir() if (p / "run.json").is_file())
+    by_coordinator = sorted(p.name for p in out.iterdir() if (p / "run.json").is_file())
+    assert by_worker and by_coordinator  # both took a share
+    assert sorted(by_worker + by_coordinator) == names  # and nothing ran twice
+    board = json.loads((out / "compare.json").read_text())
+    assert {row["method"]: row["seeds"] for row in board["rows"]} == {
+        "lora": [0, 1],
+        "full": [0, 1],
+    }
+
+
+def test_a_killed_workers_run_is_retried_by_another(tiny_llama, sentiment_csv, tmp_path):
+    out = tmp_path / "cmp"
+    storage = f"sqlite:///{out / 'study.db'}"
+    argv = [
+        "compare", "--methods", "lora", "--seeds", "0,1,2",
+        *tiny.where(tiny_llama, sentiment_csv, out), *RUN, *HEARTBEAT,
+    ]  # fmt: skip
+    first = peftlab(*argv)
+    wait_for(lambda: any(t.state == TrialState.RUNNING for t in trials(storage)))
+    time.sleep(1.5)  # mid-run: its child is loading the model
+    os.kill(first.pid, signal.SIGKILL)  # its child run dies with it (PR_SET_PDEATHSIG)
+    first.communicate()
+    worker = peftlab("compare", "--worker", "--storage", storage, "--out", str(out), *HEARTBEAT)
+    output, _ = worker.communicate(timeout=300)
+    assert worker.returncode == 0, output
+    assert completed_names(storage) == ["lora-seed0", "lora-seed1", "lora-seed2"]
+    failed = [t for t in trials(storage) if t.state == TrialState.FAIL]
+    assert len(failed) == 1  # the killed one, failed by its missing heartbeat...
+    retried = [t for t in trials(storage) if t.system_attrs.get("failed_trial") is not None]
+    assert [t.system_attrs["failed_trial"] for t in retried] == [failed[0].number]  # ...rerun
+    rerun = peftlab(*argv)  # the report from what the storage and folders hold
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert output.count("done already, kept") == 3
+    board = json.loads((out / "compare.json").read_text())
+    assert board["rows"][0]["seeds"] == [0, 1, 2] and not board["failures"]
