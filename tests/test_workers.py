@@ -37,7 +37,7 @@ def wait_for(condition, timeout=120.0):
         try:
             if condition():
                 return
-        except Exception:  # noqa: BLE001 - the folder, database or study is not there yet
+        except Exception:  # the folder, database or study is not there yet
             pass
         time.sleep(0.3)
     raise AssertionError("timed out")

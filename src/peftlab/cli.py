@@ -338,8 +338,8 @@ def add_execution_arguments(parser) -> None:
         type=float,
         default=30.0,
         metavar="S",
-        help="seconds between a running run's heartbeats (a worker keeps its comparison's); a run silent for 4x this is "
-        "retried by another worker (default: 30)",
+        help="seconds between a running run's heartbeats (a worker keeps its comparison's); "
+        "a run silent for 4x this is retried by another worker (default: 30)",
     )
 
 
