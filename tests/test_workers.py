@@ -1,15 +1,23 @@
-"""A comparison spread over worker processes through one Optuna storage (SQLite here):
+"""A comparison spread over worker processes through one Optuna storage (SQLite, and a
+real PostgreSQL server):
 every run is claimed exactly once, and a worker killed mid-run has its run retried and
 finished by another."""
 
+import functools
+import glob
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import optuna
+import pytest
 import tiny
 from optuna.trial import TrialState
 
@@ -47,11 +55,41 @@ def completed_names(storage: str) -> list[str]:
     return sorted(t.user_attrs["name"] for t in trials(storage) if t.state == TrialState.COMPLETE)
 
 
-def test_two_workers_run_every_trial_exactly_once(tiny_llama, sentiment_csv, tmp_path):
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian's package; .ci/run installs it), started in a
+    temporary folder on a free port for this session."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bin_dir = Path(found[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="peftlab-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "peftlab"])
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    pg_ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    run([*pg_ctl, "-o", options, "-l", str(data / "server.log"), "-w", "start"])
+    yield f"postgresql://peftlab@127.0.0.1:{port}/postgres"
+    run([*pg_ctl, "-m", "fast", "-w", "stop"])
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_run_every_trial_exactly_once(
+    backend, tiny_llama, sentiment_csv, tmp_path, request
+):
     out, elsewhere = tmp_path / "cmp", tmp_path / "worker"
     storage = f"sqlite:///{out / 'study.db'}"
+    if backend == "postgresql":
+        storage = request.getfixturevalue("postgres_url")
     coordinator = peftlab(
-        "compare", "--methods", "lora,full", "--seeds", "0,1",
+        "compare", "--methods", "lora,full", "--seeds", "0,1", "--storage", storage,
         *tiny.where(tiny_llama, sentiment_csv, out), *RUN, *HEARTBEAT,
     )  # fmt: skip
     wait_for(lambda: len(trials(storage)) == 4)

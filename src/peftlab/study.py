@@ -79,9 +79,11 @@ def find_study(storage, name: str | None):
     if name is None and len(ours) == 1:
         name = ours[0]
     if name not in names:
+        if len(ours) > 1:
+            raise PeftlabError(f"the storage holds comparisons {ours}; pick one with --study")
         raise PeftlabError(
-            f"the storage holds no comparison {name or ''}; it has {ours or 'none'}"
-            + ("; pick one with --study" if len(ours) > 1 else "")
+            f"the storage holds no comparison{f' {name!r}' if name else ''}; start one with "
+            "`peftlab compare --methods ... --storage URL`, then join it with the same --storage"
         )
     return optuna.load_study(storage=storage, study_name=name)
 
