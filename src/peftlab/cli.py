@@ -102,6 +102,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise PeftlabError("--jobs and --heartbeat take numbers above 0")
     execution = Execution(args.storage, args.jobs, args.study, args.heartbeat)
     if args.worker:
+        if args.methods or args.run_dirs:
+            raise PeftlabError(
+                "--worker runs the waiting runs of a comparison in --storage; drop --methods "
+                "and run directories (start the comparison itself without --worker)"
+            )
         out = Path(getattr(args, "out", None) or "runs/worker")
         out.mkdir(parents=True, exist_ok=True)
         ran = join(out, execution)
