@@ -192,7 +192,17 @@ def attach_prefix(model, args: MethodArgs, info: ModelInfo):
         task_type=peft_task_type(info),
         **architecture.prompt_dimensions(model.config),
     )
-    return wrap_peft(model, config, info)
+    model = wrap_peft(model, config, info)
+    if args.prompt_init == "text" and info.kind == "causal_lm":
+        from transformers import AutoTokenizer
+
+        from peftlab.prefix_init import init_prefix_from_text
+
+        check_init_text(args.prompt_init_text, info)
+        init_prefix_from_text(
+            model, AutoTokenizer.from_pretrained(info.path), args.prompt_init_text
+        )
+    return model
 
 
 def attach_prompt(model, args: MethodArgs, info: ModelInfo):
