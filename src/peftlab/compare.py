@@ -193,6 +193,7 @@ def leaderboard(records: list[dict], failures: list[dict]) -> dict:
                 "train_samples_per_s": round(
                     statistics.fmean(t["samples_per_s"] for t in train), 2
                 ),
+                "forgetting": forgetting_of(runs),
                 "run_dirs": [r["run_dir"] for r in runs],
             }
         )
@@ -205,9 +206,18 @@ def leaderboard(records: list[dict], failures: list[dict]) -> dict:
         "greater_is_better": spec.greater_is_better,
         "scores": others,
         "majority_baseline": majority,
+        "forgetting_measure": next(
+            (r["forgetting"]["measure"] for r in records if "forgetting" in r), None
+        ),
         "rows": table,
         "failures": failures,
     }
+
+
+def forgetting_of(runs: list[dict]) -> str:
+    """Mean forgetting over seeds, as shown ('-' where it was not measured)."""
+    values = [r["forgetting"]["value"] for r in runs if "forgetting" in r]
+    return f"{statistics.fmean(values):.4g}" if values else "-"
 
 
 def compare(

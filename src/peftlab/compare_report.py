@@ -33,7 +33,15 @@ def columns(board: dict) -> list[tuple[str, str, str]]:
         ("gain", "gain over base", "{:+.4f}"),
         *[(k, TITLES.get(k, k), "{:.1f}" if k == "gen_len" else "{:.4f}") for k in scores],
         *COST_COLUMNS,
+        ("forgetting", FORGETTING_TITLES.get(board.get("forgetting_measure"), "forgetting"), "{}"),
     ]
+
+
+# What the forgetting column holds (forgetting.py): the larger, the further from the base.
+FORGETTING_TITLES = {
+    "lm_loss_change": "forgetting (LM loss change)",
+    "representation_drift": "forgetting (drift)",
+}
 
 
 def cells(board: dict, row: dict) -> list[str]:

@@ -108,6 +108,15 @@ class DataArgs:
     test_samples: int | None = arg(
         None, "Test on at most this many examples (0 = all; default: 500, summarization 200)."
     )
+    forgetting_data: str | None = arg(
+        None,
+        "General text to measure forgetting on (a file or dataset with a text column); "
+        "default: the other built-in corpus (BBC News articles; for bbc_news tasks, Rotten "
+        "Tomatoes snippets).",
+    )
+    forgetting_samples: int = arg(
+        64, "Texts to measure forgetting on, base vs tuned (0 = do not measure)."
+    )
 
 
 TASKS = ("classification", "summarization", "causal_lm")
@@ -303,6 +312,7 @@ class RunConfig:
         _non_negative(self, t, "epochs", "max_steps", "weight_decay", "max_grad_norm")
         _non_negative(self, t, "eval_every", "checkpoint_every")
         _non_negative(self, d, *(n for n in SAMPLE_FIELDS if getattr(d, n) is not None))
+        _non_negative(self, d, "forgetting_samples")
         _positive(self, self.task, "max_target_length", "max_new_tokens", "num_beams")
         _non_negative(self, self.task, "sample_generations")
         if t.epochs == 0 and t.max_steps == 0:

@@ -61,6 +61,22 @@ def cost_table(record: dict) -> str:
     return "\n".join(["| cost | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 
+def forgetting_lines(record) -> list[str]:
+    """How far tuning moved the model on general text (forgetting.py)."""
+    f = record.get("forgetting")
+    if not f:
+        return []
+    if f["measure"] == "lm_loss_change":
+        what = (
+            f"language-model loss {f['base_loss']:.4f} (base) -> {f['tuned_loss']:.4f} "
+            f"(tuned), change {f['value']:+.4f}; perplexity {f['base_perplexity']:.2f} -> "
+            f"{f['tuned_perplexity']:.2f}"
+        )
+    else:
+        what = f"representation drift {f['value']:.5f} (1 - mean cosine similarity, base vs tuned)"
+    return ["## Forgetting", "", f"On {f['texts']} general texts not of the task: {what}.", ""]
+
+
 def write_report(record) -> Path:
     run_dir = Path(record.run_dir)
     plots = [
@@ -82,6 +98,7 @@ def write_report(record) -> Path:
         "",
         before_after_table(record),
         "",
+        *forgetting_lines(record),
         "## Cost",
         "",
         cost_table(record),

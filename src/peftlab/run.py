@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from peftlab import assets, data, distributed, models, shared_cache
+from peftlab import assets, data, distributed, forgetting, models, shared_cache
 from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
 from peftlab.errors import PeftlabError
@@ -97,6 +97,8 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
     )
     record["data"] = data_summary(dataset, task)
     evaluate_base(record, model, task, items["test"], cfg, shared, bool(extra), log)
+    resuming = (run_dir / "checkpoint").is_dir() or "train" in record
+    probe = forgetting.Probe.start(cfg, info, tokenizer, model, run_dir, resuming)
 
     log(
         f"{method.name}: {trainable:,} trainable of {total:,} parameters "
@@ -122,6 +124,9 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
         desc="test (tuned)",
     )
     log(summary_line("tuned", record["after"], cfg.task.name))
+    if probe is not None:
+        record["forgetting"] = probe.finish(model)
+        log(f"forgetting ({record['forgetting']['measure']}): {record['forgetting']['value']:g}")
     if distributed.is_main():
         record["adapter"] = save_artifact(
             model,
