@@ -23,6 +23,9 @@ from optuna.trial import TrialState
 
 RUN = ["--epochs", "1", "--batch-size", "16", "--precision", "fp32", *tiny.ALL_ROWS]
 HEARTBEAT = ["--heartbeat", "2"]  # a silent run is retried after 8 s
+# Judging a run dead needs a margin over a loaded machine's pauses: with 2 s beats (8 s
+# grace) PostgreSQL once judged a live run stale under a full CI load and ran it twice.
+SLOW_HEARTBEAT = ["--heartbeat", "5"]
 
 
 def peftlab(*args) -> subprocess.Popen:
@@ -90,7 +93,7 @@ def test_two_workers_run_every_trial_exactly_once(
         storage = request.getfixturevalue("postgres_url")
     coordinator = peftlab(
         "compare", "--methods", "lora,full", "--seeds", "0,1", "--storage", storage,
-        *tiny.where(tiny_llama, sentiment_csv, out), *RUN, *HEARTBEAT,
+        *tiny.where(tiny_llama, sentiment_csv, out), *RUN, *SLOW_HEARTBEAT,
     )  # fmt: skip
     wait_for(lambda: len(trials(storage)) == 4)
     worker = peftlab("compare", "--worker", "--storage", storage, "--out", str(elsewhere))
