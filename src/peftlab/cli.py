@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from peftlab.distributed import is_main
     from peftlab.report import before_after_table
-    from peftlab.run import Shared, resume, run
+    from peftlab.run import resume, run
 
     if args.resume:
         given = [k for k in vars(args) if "." in k or k in ("out", "name")]
@@ -81,8 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         record = resume(args.resume)
     else:
-        shared = Shared(folder=Path(args.shared_dir)) if args.shared_dir else None
-        record = run(build_config(args), shared=shared)
+        shared_dir = Path(args.shared_dir) if args.shared_dir else None
+        record = run(build_config(args), shared_dir=shared_dir)
     if record.get("status") == "done" and is_main():  # one summary, not one per process
         print()
         print(before_after_table(record))

@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -36,20 +35,9 @@ from peftlab.tasks.text_formats import TextItem
 from peftlab.train import train
 
 
-@dataclass
-class Shared:
-    """What the runs of one comparison share: data, its encoding, the base evaluation.
-
-    In memory for runs in one process; with a `folder`, on disk (shared_cache.py) for
-    runs that are processes of their own."""
-
-    dataset: data.TaskData | None = None
-    items: dict | None = None
-    before: dict | None = None
-    folder: Path | None = None
-
-
-def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | None = None):
+def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared_dir: Path | None = None):
+    """`shared_dir`: where the runs of one comparison share their data, its encoding and
+    the base evaluation (shared_cache.py); None computes them here."""
     distributed.init()  # first: what follows may depend on the rank
     log = distributed.main_only(log or say)
     cfg = cfg.resolved()
@@ -58,20 +46,20 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared: Shared | 
     with lock_run_dir(run_dir):  # one writer per run directory; rank 0 holds it
         check_run_dir(run_dir, cfg)
         try:
-            return execute(cfg, run_dir, log, shared or Shared())
+            return execute(cfg, run_dir, log, shared_dir)
         except Exception as exc:
             record_failure(run_dir, exc)
             raise
 
 
-def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
+def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> RunRecord:
     seed_everything(cfg.train.seed)
     with distributed.main_first():  # a built-in model is converted once, by rank 0
         source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     method = get_method(cfg.method.name)
     tokenizer = models.load_tokenizer(source, padding_side=padding_side(info))
-    dataset, task, items = task_data(cfg, info, tokenizer, shared)
+    dataset, task, items = task_data(cfg, info, tokenizer, shared_dir)
     log(f"data: {dataset.description}: {dataset.sizes} examples, {describe(dataset)}")
 
     extra = method.load_kwargs(cfg.method) if method.load_kwargs else None
@@ -96,7 +84,7 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
         distributed.backend(),
     )
     record["data"] = data_summary(dataset, task)
-    evaluate_base(record, model, task, items["test"], cfg, shared, bool(extra), log)
+    evaluate_base(record, model, task, items["test"], cfg, shared_dir, bool(extra), log)
     resuming = (run_dir / "checkpoint").is_dir() or "train" in record
     probe = forgetting.Probe.start(cfg, info, tokenizer, model, run_dir, resuming)
 
@@ -140,34 +128,30 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared: Shared) -> RunRecord:
     return record
 
 
-def task_data(cfg: RunConfig, info, tokenizer, shared: Shared) -> tuple:
-    """The split dataset, its task and its encoded splits: loaded and encoded once per
-    comparison (in memory, or on disk for runs in processes of their own)."""
+def task_data(cfg: RunConfig, info, tokenizer, shared_dir: Path | None) -> tuple:
+    """The split dataset, its task and its encoded splits; with `shared_dir`, loaded and
+    encoded once for all the runs of a comparison."""
 
     def compute() -> tuple:
-        dataset = shared.dataset or data.load(cfg.data, cfg.task.name)
+        dataset = data.load(cfg.data, cfg.task.name)
         task = build_task(cfg, info, dataset, tokenizer)
-        items = shared.items or {name: task.encode(rows) for name, rows in dataset.splits.items()}
-        return dataset, task, items
+        return dataset, task, {name: task.encode(rows) for name, rows in dataset.splits.items()}
 
     def dump() -> dict:
         dataset, _, items = compute()
         return shared_cache.dump_task_data(dataset, items)
 
-    if shared.folder is None:
-        dataset, task, items = compute()
-    else:
-        key = f"data-{shared_cache.data_key(cfg)}"
-        entry = shared_cache.cached_json(shared.folder, key, dump)
-        item_type = Encoded if cfg.task.name == "classification" else TextItem
-        dataset, items = shared_cache.load_task_data(entry, item_type)
-        task = build_task(cfg, info, dataset, tokenizer)
-    shared.dataset, shared.items = dataset, items
-    return dataset, task, items
+    if shared_dir is None:
+        return compute()
+    entry = shared_cache.cached_json(shared_dir, f"data-{shared_cache.data_key(cfg)}", dump)
+    item_type = Encoded if cfg.task.name == "classification" else TextItem
+    dataset, items = shared_cache.load_task_data(entry, item_type)
+    return dataset, build_task(cfg, info, dataset, tokenizer), items
 
 
-def evaluate_base(record, model, task, test_items, cfg, shared: Shared, quantized, log) -> None:
-    """The base model's test metrics: stored once, shared by the runs of a comparison."""
+def evaluate_base(record, model, task, test_items, cfg, shared_dir, quantized, log) -> None:
+    """The base model's test metrics, once per run (kept in run.json for --resume) and,
+    with `shared_dir`, once for all the runs of a comparison."""
 
     def compute() -> dict:
         # Every rank evaluates (same weights, same result): no rank idles into a timeout.
@@ -183,12 +167,9 @@ def evaluate_base(record, model, task, test_items, cfg, shared: Shared, quantize
             )
 
     if "before" not in record:
-        if shared.folder is not None:
-            key = f"before-{shared_cache.before_key(cfg, quantized)}"
-            shared.before = shared_cache.cached_json(shared.folder, key, compute)
-        record["before"] = shared.before or compute()
+        key = f"before-{shared_cache.before_key(cfg, quantized)}"
+        record["before"] = shared_cache.cached_json(shared_dir, key, compute)
         record.save()
-    shared.before = record["before"]
     log(summary_line("base", record["before"], cfg.task.name))
 
 
