@@ -47,7 +47,7 @@ def test_compare_runs_methods_and_seeds_then_reuses_them(
     }
     assert len(befores) == 1
     html = (out / "compare.html").read_text()
-    assert html.count("<tr>") == 3 and html.count("data:image/png;base64,") == 3
+    assert html.count("<tr>") == 3 and html.count("data:image/png;base64,") == 4  # + pareto
     assert "| lora |" in (out / "compare.md").read_text()
 
     capsys.readouterr()

@@ -39,31 +39,39 @@ def chromium(*args, profile):
 
 def test_compare_html_renders_table_and_plots(tiny_llama, sentiment_csv, tmp_path):
     out = tmp_path / "cmp"
-    assert (
-        main(
-            [
-                "compare",
-                "--methods",
-                "lora,full",
-                *tiny.where(tiny_llama, sentiment_csv, out),
-                "--max-steps",
-                "6",
-                "--template",
-                "review: {text} sentiment:",
-                "--train-samples",
-                "0",
-            ]
-        )
-        == 0
-    )
+    argv = [
+        "compare",
+        "--methods",
+        "lora,full",
+        "--tune",
+        "lr",
+        "--trials",
+        "2",
+        *tiny.where(tiny_llama, sentiment_csv, out),
+        "--max-steps",
+        "8",
+        "--template",
+        "review: {text} sentiment:",
+        "--train-samples",
+        "0",
+    ]
+    assert main(argv) == 0
     page = (out / "compare.html").as_uri()
 
     dom = chromium("--dump-dom", page, profile=tmp_path / "profile").stdout
     assert '<table id="leaderboard">' in dom
     assert dom.count("<tr>") == 3 and "<td>lora</td>" in dom and "<td>full</td>" in dom
+    # The answer and the search are on the page: recommendation, tuned vs default
+    # settings, the search spaces with their sources, the Pareto fronts.
+    assert '<p id="recommendation"><strong>Best accuracy: ' in dom
+    for section in ("tuning", "spaces", "pareto"):
+        assert f'<ul id="{section}"><li>' in dom
+    assert "Hu et al. 2021" in dom and "lr=" in dom
+    for name in ("metric_vs_params", "pareto", "cost", "loss_curves", "search"):
+        assert f'alt="{name}.png"' in dom
 
     shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=1400,2400", page, profile=tmp_path / "profile")
+    chromium(f"--screenshot={shot}", "--window-size=1400,3200", page, profile=tmp_path / "profile")
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)[..., :3]

@@ -96,7 +96,8 @@ def test_map_batches_reraises_other_errors_and_single_items():
 def test_rouge_scores_identical_texts_one_and_disjoint_zero():
     scores = rouge(["the cat sat", "a dog"], ["the cat sat", "one bird"])
     assert scores["rouge1"] == pytest.approx(0.5)
-    assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "per_example"}
+    assert scores["per_example"] == [pytest.approx(1.0), pytest.approx(0.0)]
 
 
 def test_generation_columns_are_found_by_their_usual_names(tmp_path):

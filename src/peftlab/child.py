@@ -48,14 +48,19 @@ def child_env(threads: int, gpu: int | None) -> dict:
     return env
 
 
-def run_child(config: dict, run_dir: Path, shared: Path, threads: int, gpu: int | None) -> dict:
-    """Run `peftlab run` for `config` in `run_dir`; return its record or how it failed."""
+def run_child(
+    config: dict, run_dir: Path, shared: Path, threads: int, gpu: int | None, trial=None
+) -> dict:
+    """Run `peftlab run` for `config` in `run_dir`; return its record or how it failed.
+    `trial`: a tuning trial's Optuna address, to report its validation scores to."""
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = run_dir / "settings.yaml"
     write_text_atomic(settings, yaml.safe_dump({**config, "out": str(run_dir)}, sort_keys=False))
     log_path = run_dir / "child.log"
     command = [sys.executable, "-m", "peftlab", "run", "--config", str(settings)]
     command += ["--shared-dir", str(shared)]
+    if trial is not None:
+        command += ["--trial", json.dumps(trial)]
     with open(log_path, "ab") as log:
         proc = subprocess.run(
             command,
@@ -67,7 +72,7 @@ def run_child(config: dict, run_dir: Path, shared: Path, threads: int, gpu: int 
         )
     record_path = run_dir / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if proc.returncode == 0 and record.get("status") == "done":
+    if proc.returncode == 0 and record.get("status") in ("done", "pruned"):
         return {"record": record}
     return {"error": describe_exit(proc.returncode, log_path), "returncode": proc.returncode}
 

@@ -8,6 +8,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -82,12 +83,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         record = resume(args.resume)
     else:
         shared_dir = Path(args.shared_dir) if args.shared_dir else None
-        record = run(build_config(args), shared_dir=shared_dir)
-    if record.get("status") == "done" and is_main():  # one summary, not one per process
+        reporter = trial_reporter(args.trial) if args.trial else None
+        record = run(build_config(args), shared_dir=shared_dir, on_validation=reporter)
+    if record.get("status") == "done" and is_main() and "after" in record:  # one summary
         print()
         print(before_after_table(record))
         print(f"\nrun directory: {record.run_dir} (run.json, report.md, adapter/)")
     return 0
+
+
+def tuning_of(args: argparse.Namespace, methods: list[str]):
+    """--tune FIELDS --trials K, checked (None without --tune)."""
+    from peftlab.compare import Tuning
+    from peftlab.config import coerce
+    from peftlab.tuning import parse_fields
+
+    if not args.tune:
+        if args.trials is not None:
+            raise PeftlabError("--trials says how many tuning trials --tune runs; add --tune lr")
+        return None
+    if not methods:
+        raise PeftlabError("--tune tunes the --methods of a comparison; give --methods")
+    trials = 6 if args.trials is None else args.trials
+    if trials < 2:
+        raise PeftlabError(f"--trials {trials}: a search needs 2 trials or more")
+    return Tuning(parse_fields(coerce(args.tune, list[str], "--tune"), methods), trials)
+
+
+def trial_reporter(given: str):
+    from peftlab.study import TrialReporter
+
+    try:
+        where = json.loads(given)
+        return TrialReporter(where["storage"], where["study"], int(where["trial"]))
+    except (ValueError, KeyError, TypeError):
+        raise PeftlabError(
+            f"--trial {given!r}: give the JSON object `peftlab compare` writes "
+            '({"storage": URL, "study": NAME, "trial": NUMBER})'
+        ) from None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -114,10 +147,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     methods = coerce(args.methods, list[str], "--methods") if args.methods else []
     seeds = coerce(args.seeds, list[int], "--seeds")
+    tune = tuning_of(args, methods)
     base = build_config(args)
     out = Path(base.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
-    board = compare(base, methods, seeds, out, [Path(d) for d in args.run_dirs], execution)
+    board = compare(base, methods, seeds, out, [Path(d) for d in args.run_dirs], execution, tune)
     print()
     print(summary(board))
     print()
@@ -127,7 +161,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from peftlab.fsutil import write_text_atomic
@@ -236,6 +269,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from peftlab.methods import METHODS
 
+    if args.spaces:
+        from peftlab.tuning import FIELDS, space
+
+        for method in METHODS:
+            for name, r in space(method, list(FIELDS)).items():
+                source = f"  ({r.source})" if r.source else ""
+                print(f"{method:10s} {name:18s} {r.describe()}{source}")
+        return 0
     for method in METHODS.values():
         print(f"{method.name:10s} {method.description} [lr {method.default_lr:g}]")
     return 0
@@ -282,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="read (or compute once and write) the split data, its encoding and the base "
         "evaluation here; `peftlab compare` gives its runs one",
     )
+    run_parser.add_argument(
+        "--trial",
+        metavar="JSON",
+        help="a tuning trial of `peftlab compare --tune`: report each validation score to "
+        'this Optuna trial ({"storage": URL, "study": NAME, "trial": NUMBER}) and stop when '
+        "its pruner says so",
+    )
     add_config_flags(run_parser)
     compare_parser = sub.add_parser(
         "compare",
@@ -304,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default="0", metavar="LIST", help="comma-separated seeds (default: 0)"
     )
     compare_parser.add_argument("--config", metavar="YAML", help="YAML file of run settings")
+    compare_parser.add_argument(
+        "--tune",
+        metavar="FIELDS",
+        help="tune these settings per method before the final runs, e.g. lr or lr,lora_r: "
+        "each method gets --trials validation-only trials (the test split is never looked "
+        "at) from its own search space (`peftlab methods --spaces`), hopeless ones pruned "
+        "(ASHA); its best settings then run over --seeds, beside its default settings",
+    )
+    compare_parser.add_argument(
+        "--trials", type=int, metavar="K", help="with --tune: trials per method (default: 6)"
+    )
     add_execution_arguments(compare_parser)
     add_config_flags(compare_parser)
     add_predict_parser(sub)
@@ -311,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
-    sub.add_parser("methods", help="list the fine-tuning methods")
+    methods_parser = sub.add_parser("methods", help="list the fine-tuning methods")
+    methods_parser.add_argument(
+        "--spaces",
+        action="store_true",
+        help="list each method's search space for `compare --tune` (with its sources)",
+    )
     return parser
 
 

@@ -3,31 +3,33 @@
 Each run is a `peftlab run` in a process of its own (child.py), so its peak memory,
 time and failure are its own; the data, its encoding and the base evaluation are
 computed once and shared through the comparison folder (shared_cache.py). The runs are
-trials of an Optuna study (study.py): `--jobs N` runs N at once here, and
+trials of Optuna studies (study.py, workers.py): `--jobs N` runs N at once here, and
 `peftlab compare --worker --storage URL` on other machines takes the next waiting one.
+With `--tune`, each method first gets the same number of validation-only tuning trials
+(tuning.py); its best settings then run over the seeds, beside its default settings.
 A rerun keeps finished runs and retries failed ones.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from peftlab import study as studies
-from peftlab.child import run_child
+from peftlab import tuning
 from peftlab.config import RunConfig
 from peftlab.errors import PeftlabError
 from peftlab.fsutil import write_json_atomic
-from peftlab.record import RECORD_FILE, RunRecord
+from peftlab.leaderboard import leaderboard
+from peftlab.record import RunRecord
 from peftlab.run import say
-from peftlab.tasks import spec_of
+from peftlab.tasks import TASK_SPECS
+from peftlab.workers import Comparison, finished, work
 
-POLL_S = 2.0  # how often an idle worker looks for work while others still run
+VALIDATIONS = 4  # with --tune, every run validates this often: the pruner's rungs
+SEARCH_STATES = ("WAITING", "RUNNING", "COMPLETE", "PRUNED")  # a rerun keeps these trials
 
 
 @dataclass
@@ -40,96 +42,135 @@ class Execution:
     heartbeat_s: float = studies.HEARTBEAT_S
 
 
-def plan(base: RunConfig, methods: list[str], seeds: list[int]) -> list[dict]:
-    """One trial's settings per method x seed (validated here, before anything runs)."""
+@dataclass
+class Tuning:
+    """`--tune FIELDS --trials K`: K validation-only trials per method."""
+
+    fields: list[str]
+    trials: int = 6
+
+
+def run_spec(base: RunConfig, method: str, seed: int, name: str, **extra) -> dict:
+    """One trial's settings (validated here, before anything runs)."""
+    cfg = copy.deepcopy(base)
+    cfg.method.name, cfg.train.seed = method, seed
+    cfg.name = Path(name).name
+    cfg.out = None  # each worker puts it in its own --out
+    cfg.validate()
+    return {"name": name, "method": method, "seed": seed, "config": cfg.to_dict(), **extra}
+
+
+def plan(base: RunConfig, methods: list[str], seeds: list[int], tune: Tuning | None) -> list:
+    """The final runs: method x seed; with --tune, each with its method's best settings
+    and again with its default ones."""
     runs = []
     for method in methods:
         for seed in seeds:
-            cfg = copy.deepcopy(base)
-            cfg.method.name, cfg.train.seed = method, seed
-            cfg.name = f"{method}-seed{seed}"
-            cfg.out = None  # each worker puts it in its own --out
-            cfg.validate()
-            runs.append({"name": cfg.name, "method": method, "seed": seed, "config": cfg.to_dict()})
+            if tune is None:
+                runs.append(run_spec(base, method, seed, f"{method}-seed{seed}"))
+                continue
+            runs.append(
+                run_spec(
+                    base, method, seed, f"{method}-seed{seed}", variant="tuned", tuned_from=method
+                )
+            )
+            runs.append(
+                run_spec(base, method, seed, f"{method}-default-seed{seed}", variant="default")
+            )
     return runs
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / RECORD_FILE).is_file() and RunRecord.open(run_dir).get("status") == "done"
+def plan_search(base: RunConfig, method: str, tune: Tuning, seed: int) -> list[dict]:
+    """A method's tuning trials: validation only, at the points of a Latin hypercube."""
+    trial_base = copy.deepcopy(base)
+    trial_base.train.score_on = "validation"
+    ranges = tuning.space(method, tune.fields)
+    space = {
+        n: {k: v for k, v in dataclasses.asdict(r).items() if k != "source"}
+        for n, r in ranges.items()
+    }
+    return [
+        run_spec(trial_base, method, seed, f"tune/{method}-trial{i}", params=params, space=space)
+        for i, params in enumerate(tuning.latin_hypercube(ranges, tune.trials, seed))
+    ]
 
 
-def run_all(base, methods, seeds, out: Path, execution: Execution, log=say) -> tuple:
-    """Run (or keep) every method x seed under `out`; return (records, failures)."""
-    storage = studies.open_storage(
-        studies.storage_url(out, execution.storage), execution.heartbeat_s
-    )
+def protocol(base: RunConfig, tune: Tuning | None) -> RunConfig:
+    """With --tune every run (trial, tuned, default) validates VALIDATIONS times and keeps
+    its best weights, so a tuned and a default run differ only in the tuned settings."""
+    if tune is None:
+        return base
+    if base.train.lr is not None and "lr" in tune.fields:
+        raise PeftlabError("--tune lr searches the learning rate; drop --lr")
+    cfg = copy.deepcopy(base)
+    if not cfg.train.eval_every and not cfg.train.validations:
+        cfg.train.validations = VALIDATIONS
+    return cfg
+
+
+def start_searches(comparison: Comparison, base, methods, seed: int, tune: Tuning, beat):
+    """One tuning study per method, its trials enqueued (a rerun adds only missing ones)."""
+    study = comparison.study
+    asked = {"fields": tune.fields, "trials": tune.trials}
+    before = study.user_attrs.get("tune")
+    if before not in (None, asked):
+        raise PeftlabError(
+            f"this comparison was started with --tune {','.join(before['fields'])} --trials "
+            f"{before['trials']}; rerun it with those, or choose a new --out"
+        )
+    study.set_user_attr("tune", asked)
+    validation = TASK_SPECS[base.task.name].validation
+    direction = "minimize" if validation == "loss" else "maximize"
+    names = dict(study.user_attrs.get("searches", {}))
+    for method in methods:
+        names[method] = f"{study.study_name}-tune-{method}"
+        search = studies.create_study(comparison.storage, names[method], beat, direction)
+        studies.enqueue(search, plan_search(base, method, tune, seed), keep=SEARCH_STATES)
+    study.set_user_attr("searches", names)
+
+
+def run_all(base, methods, seeds, out: Path, execution: Execution, tune=None, log=say):
+    """Run (or keep) every trial under `out`; return (records, failures, searches)."""
+    url = studies.storage_url(out, execution.storage)
+    storage = studies.open_storage(url, execution.heartbeat_s)
     name = execution.study or studies.study_name(out)
     study = studies.create_study(storage, name, execution.heartbeat_s)
-    runs = plan(base, methods, seeds)
+    base = protocol(base, tune)
+    runs = plan(base, methods, seeds, tune)
+    if tune is not None:
+        start_searches(
+            Comparison(url, storage, study, out),
+            base,
+            methods,
+            seeds[0],
+            tune,
+            execution.heartbeat_s,
+        )
     for spec in runs:
         if finished(out / spec["name"]):
             log(f"== {spec['name']}: done already, kept")
     studies.enqueue(study, [r for r in runs if not finished(out / r["name"])])
-    work(study, storage, out, execution.jobs, log)
-    return collect(study, runs, out)
+    comparison = Comparison.open(url, storage, study, out)
+    work(comparison, execution.jobs, log)
+    return (*collect(comparison, runs), search_summaries(comparison))
 
 
-def work(study, storage, out: Path, jobs: int, log=say) -> int:
-    """Take and run waiting trials with `jobs` runs at once until none is left; the
-    machine's cores are split between them, and each gets a GPU of its own if there are."""
-    import torch
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    gpus = torch.cuda.device_count()
-    slots = [(threads, i % gpus if gpus else None) for i in range(jobs)]
-    with ThreadPoolExecutor(jobs) as pool:
-        done = pool.map(lambda slot: work_loop(study, storage, out, *slot, log), slots)
-        return sum(done)
-
-
-def work_loop(study, storage, out: Path, threads: int, gpu: int | None, log) -> int:
-    ran = 0
-    while True:
-        studies.fail_stale(study)  # a dead worker's trial goes back to waiting
-        trial_id = studies.claim(study, storage)
-        if trial_id is None:
-            if not studies.anything_running(study):
-                return ran
-            time.sleep(POLL_S)
-            continue
-        spec = storage.get_trial(trial_id).user_attrs
-        run_dir = out / spec["name"]
-        log(f"== {spec['name']}")
-        with studies.heartbeat(storage, trial_id):
-            if finished(run_dir):  # its worker died after the run, before reporting it
-                outcome = {"record": dict(RunRecord.open(run_dir))}
-            else:
-                outcome = run_child(spec["config"], run_dir, out / "shared", threads, gpu)
-        if "error" in outcome:
-            log(f"!! {spec['name']} failed: {outcome['error']}")
-        else:
-            outcome["record"]["run_dir"] = str(run_dir)
-            metric = spec_of(outcome["record"]).metric
-            outcome["value"] = outcome["record"]["after"][metric]
-        studies.finish(storage, trial_id, outcome)
-        ran += 1
-
-
-def collect(study, runs: list[dict], out: Path) -> tuple[list[dict], list[dict]]:
+def collect(comparison: Comparison, runs: list[dict]) -> tuple[list[dict], list[dict]]:
     """Each planned run's record (from its folder here, or as a worker elsewhere
     reported it to the storage), or why it has none."""
     records, failures = [], []
-    trials = studies.trials_of(study)
+    trials = studies.trials_of(comparison.study)
     for spec in runs:
-        run_dir = out / spec["name"]
+        run_dir = comparison.out / spec["name"]
+        labels = {"variant": spec.get("variant")}
         if finished(run_dir):
-            records.append(dict(RunRecord.open(run_dir), run_dir=str(run_dir)))
+            records.append(dict(RunRecord.open(run_dir), run_dir=str(run_dir), **labels))
             continue
         mine = [t for t in trials if t.user_attrs.get("name") == spec["name"]]
         latest = max(mine, key=lambda t: t.number) if mine else None
         outcome = (latest.user_attrs.get("outcome") or {}) if latest else {}
         if "record" in outcome:
-            records.append(outcome["record"])
+            records.append({**outcome["record"], **labels})
             continue
         error = outcome.get("error") or f"not run ({latest.state.name if latest else 'no trial'})"
         failures.append(
@@ -138,9 +179,40 @@ def collect(study, runs: list[dict], out: Path) -> tuple[list[dict], list[dict]]
                 "method": spec["method"],
                 "seed": spec["seed"],
                 "error": error,
+                **labels,
             }
         )
     return records, failures
+
+
+def search_summaries(comparison: Comparison) -> dict:
+    """Per method: every tuning trial (settings, state, validation scores), the best."""
+    summaries = {}
+    for method, search in comparison.searches.items():
+        trials = [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": t.params or t.user_attrs.get("params", {}),
+                "value": t.value,
+                "validations": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+            }
+            for t in studies.trials_of(search)
+        ]
+        best = studies.best_params(search)
+        summaries[method] = {
+            "trials": trials,
+            "best_params": best,
+            "best_value": search.best_value if best else None,
+            "direction": search.direction.name.lower(),
+            "ranges": {
+                name: {"range": r.describe(), "source": r.source}
+                for name, r in tuning.space(
+                    method, list(comparison.study.user_attrs["tune"]["fields"])
+                ).items()
+            },
+        }
+    return summaries
 
 
 def load_records(run_dirs: list[Path]) -> list[dict]:
@@ -153,73 +225,6 @@ def load_records(run_dirs: list[Path]) -> list[dict]:
     return records
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def leaderboard(records: list[dict], failures: list[dict]) -> dict:
-    """Group runs by method: metric mean and std over seeds, gain over base, costs."""
-    spec = spec_of(records[0]) if records else spec_of({"config": {}})
-    tasks = {spec_of(r).name for r in records}
-    if len(tasks) > 1:
-        raise PeftlabError(f"these runs are of different tasks ({sorted(tasks)}); compare one")
-    metric = spec.metric
-    others = [k for k in spec.scores if k != metric]
-    if spec.name == "summarization":
-        others.append("gen_len")
-    rows = {}
-    for record in records:
-        rows.setdefault(record["config"]["method"]["name"], []).append(record)
-    table = []
-    for method, runs in rows.items():
-        after = [r["after"][metric] for r in runs]
-        before = [r["before"][metric] for r in runs]
-        mean, std = mean_std(after)
-        train = [r["train"] for r in runs]
-        table.append(
-            {
-                "method": method,
-                "seeds": [r["config"]["train"]["seed"] for r in runs],
-                metric: round(mean, 4),
-                f"{metric}_std": round(std, 4),
-                **{k: round(statistics.fmean(r["after"][k] for r in runs), 4) for k in others},
-                "base": round(statistics.fmean(before), 4),
-                "gain": round(mean - statistics.fmean(before), 4),
-                "trainable_params": train[0]["trainable_params"],
-                "trainable_percent": train[0]["trainable_percent"],
-                "adapter_mb": round(statistics.fmean(r["adapter"]["size_mb"] for r in runs), 3),
-                "train_s": round(statistics.fmean(t["runtime_s"] for t in train), 1),
-                "peak_memory_mb": round(max(t["peak_memory_mb"] for t in train), 0),
-                "train_samples_per_s": round(
-                    statistics.fmean(t["samples_per_s"] for t in train), 2
-                ),
-                "forgetting": forgetting_of(runs),
-                "run_dirs": [r["run_dir"] for r in runs],
-            }
-        )
-    table.sort(key=lambda row: -row[metric] if spec.greater_is_better else row[metric])
-    test_counts = records[0]["data"].get("label_counts", {}).get("test") if records else None
-    majority = round(max(test_counts) / sum(test_counts), 4) if test_counts else None
-    return {
-        "task": spec.name,
-        "metric": metric,
-        "greater_is_better": spec.greater_is_better,
-        "scores": others,
-        "majority_baseline": majority,
-        "forgetting_measure": next(
-            (r["forgetting"]["measure"] for r in records if "forgetting" in r), None
-        ),
-        "rows": table,
-        "failures": failures,
-    }
-
-
-def forgetting_of(runs: list[dict]) -> str:
-    """Mean forgetting over seeds, as shown ('-' where it was not measured)."""
-    values = [r["forgetting"]["value"] for r in runs if "forgetting" in r]
-    return f"{statistics.fmean(values):.4g}" if values else "-"
-
-
 def compare(
     base: RunConfig | None,
     methods: list[str],
@@ -227,19 +232,22 @@ def compare(
     out: Path,
     run_dirs: list[Path],
     execution: Execution | None = None,
+    tune: Tuning | None = None,
     log=say,
 ) -> dict:
     from peftlab.compare_report import write_compare_report
 
-    records, failures = load_records(run_dirs), []
+    records, failures, searches = load_records(run_dirs), [], {}
     if methods:
-        ran, failures = run_all(base, methods, seeds, out, execution or Execution(), log)
+        ran, failures, searches = run_all(
+            base, methods, seeds, out, execution or Execution(), tune, log
+        )
         if not ran:  # nothing ran: most likely a shared mistake
             raise PeftlabError(f"every run failed; the first: {failures[0]['error']}")
         records += ran
     if not records:
         raise PeftlabError("nothing to compare: give --methods, or run directories")
-    board = leaderboard(records, failures)
+    board = leaderboard(records, failures, searches)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "compare.json", board)
     write_compare_report(board, records, out)
@@ -248,9 +256,8 @@ def compare(
 
 def join(out: Path, execution: Execution, log=say) -> int:
     """`peftlab compare --worker`: run another comparison's waiting trials here."""
-    storage = studies.open_storage(
-        studies.storage_url(out, execution.storage), execution.heartbeat_s
-    )
+    url = studies.storage_url(out, execution.storage)
+    storage = studies.open_storage(url, execution.heartbeat_s)
     study = studies.find_study(storage, execution.study)
     log(f"worker for {study.study_name}: {execution.jobs} run(s) at once, run directories in {out}")
-    return work(study, storage, out, execution.jobs, log)
+    return work(Comparison.open(url, storage, study, out), execution.jobs, log)

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from peftlab.fsutil import write_text_atomic
+from peftlab.leaderboard import COSTS
 from peftlab.report import moving_mean, pyplot, save_figure
 
 TITLES = {"accuracy": "test accuracy", "f1": "macro-F1", "gen_len": "gen length"}
@@ -18,7 +19,7 @@ COST_COLUMNS = [
     ("peak_memory_mb", "peak MB", "{:.0f}"),
     ("train_samples_per_s", "train samples/s", "{:.2f}"),
 ]
-PLOTS = ("metric_vs_params.png", "cost.png", "loss_curves.png")
+PLOTS = ("metric_vs_params.png", "pareto.png", "cost.png", "loss_curves.png")
 
 
 def columns(board: dict) -> list[tuple[str, str, str]]:
@@ -26,15 +27,46 @@ def columns(board: dict) -> list[tuple[str, str, str]]:
     metric = board.get("metric", "accuracy")
     scores = board.get("scores", ["f1"])
     title = TITLES.get(metric, f"test {metric}")
+    tuned = any(row.get("variant") == "tuned" for row in board["rows"])
     return [
         ("method", "method", "{}"),
         (metric, title, "{:.4f}"),
         (f"{metric}_std", "± std", "{:.4f}"),
+        (f"{metric}_ci", "95% CI", "ci"),
+        ("tied_with_best", "≈ best (paired p)", "tie"),
+        *(
+            [
+                ("tuned_params", "tuned settings", "params"),
+                ("default", "default settings", "default"),
+            ]
+            if tuned
+            else []
+        ),
         ("gain", "gain over base", "{:+.4f}"),
         *[(k, TITLES.get(k, k), "{:.1f}" if k == "gen_len" else "{:.4f}") for k in scores],
         *COST_COLUMNS,
         ("forgetting", FORGETTING_TITLES.get(board.get("forgetting_measure"), "forgetting"), "{}"),
     ]
+
+
+def cell(board: dict, row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    metric = board.get("metric", "accuracy")
+    if fmt == "ci":
+        return f"{value[0]:.4f} to {value[1]:.4f}" if value else "-"
+    if fmt == "tie":
+        if value is None:
+            return "-"
+        return (
+            "best"
+            if row is board["rows"][0]
+            else f"{'yes' if value else 'no'} ({row['p_vs_best']:.3g})"
+        )
+    if fmt == "params":
+        return ", ".join(f"{k}={v:g}" for k, v in (value or {}).items()) or "-"
+    if fmt == "default":
+        return f"{value[metric]:.4f} (lr={value['lr']:g})" if value else "-"
+    return fmt.format(value)
 
 
 # What the forgetting column holds (forgetting.py): the larger, the further from the base.
@@ -45,7 +77,7 @@ FORGETTING_TITLES = {
 
 
 def cells(board: dict, row: dict) -> list[str]:
-    return [fmt.format(row[key]) for key, _, fmt in columns(board)]
+    return [cell(board, row, key, fmt) for key, _, fmt in columns(board)]
 
 
 def markdown_table(board: dict) -> str:
@@ -80,20 +112,82 @@ def summary(board: dict) -> str:
         )
     for failure in board["failures"]:
         text.append(f"- {failure['method']} (seed {failure['seed']}) failed: {failure['error']}")
+    if board.get("recommendation"):
+        text.append(f"- Recommendation: {board['recommendation']}")
     return "\n".join(text)
 
 
-def write_compare_report(board: dict, records: list[dict], out: Path) -> None:
-    plot_metric_vs_params(board, out / PLOTS[0])
-    plot_cost(board, out / PLOTS[1])
-    plot_loss_curves(records, out / PLOTS[2])
+def tuned_lines(board: dict) -> list[str]:
+    """Tuned against default settings, and what each search did."""
+    metric = board.get("metric", "accuracy")
+    lines = []
+    for row in board["rows"]:
+        search = board.get("searches", {}).get(row["method"])
+        if not search or not row.get("default"):
+            continue
+        states = [t["state"] for t in search["trials"]]
+        best = ", ".join(f"{k}={v:g}" for k, v in (search["best_params"] or {}).items())
+        lines.append(
+            f"- {row['method']}: tuned {row[metric]:.4f} ({best or 'no finished trial'}) vs "
+            f"default {row['default'][metric]:.4f} (lr={row['default']['lr']:g}); "
+            f"{len(states)} trials, {states.count('PRUNED')} pruned, "
+            f"{states.count('FAIL')} failed; best validation {fmt_value(search['best_value'])}"
+        )
+    return lines
+
+
+def fmt_value(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def search_space_lines(board: dict) -> list[str]:
+    lines = []
+    for method, search in board.get("searches", {}).items():
+        for name, r in search["ranges"].items():
+            source = f" ({r['source']})" if r["source"] else ""
+            lines.append(f"- {method} {name}: {r['range']}{source}")
+    return lines
+
+
+def pareto_lines(board: dict) -> list[str]:
+    return [
+        f"- {COSTS[cost]}: {', '.join(methods)}"
+        for cost, methods in board.get("pareto", {}).items()
+        if methods
+    ]
+
+
+def markdown_report(board: dict, plots: list[str]) -> str:
     md = ["# peftlab compare", "", summary(board), "", markdown_table(board), ""]
-    md += [f"![{name}]({name})\n" for name in PLOTS]
-    write_text_atomic(out / "compare.md", "\n".join(md))
-    write_text_atomic(out / "compare.html", html_page(board, out))
+    sections = [
+        ("Tuned vs default settings (validation-only search)", tuned_lines(board)),
+        ("Search spaces", search_space_lines(board)),
+        (
+            "Pareto view: methods no other beats on both the metric and the cost",
+            pareto_lines(board),
+        ),
+    ]
+    for title, lines in sections:
+        if lines:
+            md += [f"## {title}", "", *lines, ""]
+    md += [f"![{name}]({name})\n" for name in plots]
+    return "\n".join(md)
 
 
-def html_page(board: dict, out: Path) -> str:
+def write_compare_report(board: dict, records: list[dict], out: Path) -> None:
+    plot_metric_vs_params(board, out / "metric_vs_params.png")
+    plot_cost(board, out / "cost.png")
+    plot_loss_curves(records, out / "loss_curves.png")
+    plot_pareto(board, out / "pareto.png")
+    plots = list(PLOTS)
+    if board.get("searches"):
+        plot_search(board, out / "search.png")
+        plots.append("search.png")
+    write_text_atomic(out / "compare.md", markdown_report(board, plots))
+    write_text_atomic(out / "compare.html", html_page(board, out, plots))
+
+
+def html_page(board: dict, out: Path, plots: list[str]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns(board))
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(board, row)) + "</tr>"
@@ -102,13 +196,19 @@ def html_page(board: dict, out: Path) -> str:
     images = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode((out / name).read_bytes()).decode()}"></figure>'
-        for name in PLOTS
+        for name in plots
         if (out / name).is_file()
     )
-    notes = "".join(
-        f"<li>{html.escape(line[2:])}</li>"
-        for line in summary(board).splitlines()
-        if line.startswith("- ")
+    notes = html_list("notes", [ln for ln in summary(board).splitlines() if ln.startswith("- ")])
+    recommendation = html.escape(board.get("recommendation") or "")
+    sections = "".join(
+        f"<h2>{html.escape(title)}</h2>{html_list(key, lines)}"
+        for key, title, lines in (
+            ("tuning", "Tuned vs default settings", tuned_lines(board)),
+            ("spaces", "Search spaces", search_space_lines(board)),
+            ("pareto", "Pareto view", pareto_lines(board)),
+        )
+        if lines
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>peftlab compare</title>
@@ -121,11 +221,18 @@ figure {{ display: inline-block; margin: 1em; }}
 </style></head><body>
 <h1>peftlab compare</h1>
 <p>{html.escape(summary(board).splitlines()[0])}</p>
+<p id="recommendation"><strong>{recommendation}</strong></p>
 <table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<ul>{notes}</ul>
+{notes}
+{sections}
 {images}
 </body></html>
 """
+
+
+def html_list(name: str, lines: list[str]) -> str:
+    items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines)
+    return f'<ul id="{name}">{items}</ul>'
 
 
 def plot_metric_vs_params(board: dict, path: Path) -> None:
@@ -193,6 +300,66 @@ def plot_loss_curves(records: list[dict], path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("train loss (moving mean over 5% of the steps)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_pareto(board: dict, path: Path) -> None:
+    """The metric against each cost; the Pareto front (no method better on both) joined."""
+    plt = pyplot()
+    metric = board.get("metric", "accuracy")
+    fig, axes = plt.subplots(1, len(COSTS), figsize=(4 * len(COSTS), 3.6), squeeze=False)
+    for ax, (cost, title) in zip(axes[0], COSTS.items(), strict=True):
+        rows = [r for r in board["rows"] if r.get(cost) is not None]
+        front = set(board.get("pareto", {}).get(cost, []))
+        for row in rows:
+            on = row["method"] in front
+            ax.scatter(row[cost], row[metric], color="tab:red" if on else "tab:grey")
+            ax.annotate(
+                row["method"],
+                (row[cost], row[metric]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+        line = sorted((r[cost], r[metric]) for r in rows if r["method"] in front)
+        if line:
+            ax.plot(*zip(*line, strict=True), color="tab:red", alpha=0.5)
+        if cost == "trainable_params" and rows and min(r[cost] for r in rows) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(title)
+        ax.set_ylabel(f"test {metric}")
+    fig.suptitle("Pareto view (red: no other method is better on both axes)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_search(board: dict, path: Path) -> None:
+    """Each method's tuning trials: validation score against learning rate; pruned
+    trials at their last reported score, as crosses."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for method, search in board["searches"].items():
+        done = [
+            (t["params"].get("lr"), t["value"])
+            for t in search["trials"]
+            if t["state"] == "COMPLETE" and t["params"].get("lr") is not None
+        ]
+        pruned = [
+            (t["params"].get("lr"), list(t["validations"].values())[-1])
+            for t in search["trials"]
+            if t["state"] == "PRUNED" and t["validations"]
+        ]
+        dots = ax.scatter(*zip(*done, strict=True), label=method) if done else None
+        if pruned:
+            color = dots.get_facecolor()[0] if dots is not None else None
+            ax.scatter(*zip(*pruned, strict=True), marker="x", color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("validation score (x: pruned, at its last validation)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

@@ -219,6 +219,18 @@ class TrainArgs:
     eval_every: int = arg(
         0, "Evaluate on the validation split every N optimizer steps (0 = once per epoch)."
     )
+    validations: int = arg(
+        0,
+        "Evaluate on the validation split this many times, evenly spaced over training "
+        "(0 = as --eval-every says); `compare --tune` uses it for every run.",
+    )
+    score_on: str = arg(
+        "test",
+        "Which split scores the run: test (the base and the tuned model, forgetting, the "
+        "adapter), or validation only: a tuning trial, which never looks at the test split "
+        "and saves no adapter.",
+        choices=("test", "validation"),
+    )
     eval_batch_size: int = arg(32, "Examples per forward pass when evaluating.")
     keep_best: bool = arg(
         True, "Keep the weights with the best validation metric rather than the last ones."
@@ -310,7 +322,7 @@ class RunConfig:
         _positive(self, m, "lora_r", "lora_alpha", "num_virtual_tokens", "ptuning_hidden")
         _positive(self, m, "adapter_size")
         _non_negative(self, t, "epochs", "max_steps", "weight_decay", "max_grad_norm")
-        _non_negative(self, t, "eval_every", "checkpoint_every")
+        _non_negative(self, t, "eval_every", "validations", "checkpoint_every")
         _non_negative(self, d, *(n for n in SAMPLE_FIELDS if getattr(d, n) is not None))
         _non_negative(self, d, "forgetting_samples")
         _positive(self, self.task, "max_target_length", "max_new_tokens", "num_beams")

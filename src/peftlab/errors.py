@@ -22,3 +22,11 @@ class DataError(PeftlabError):
 
 class AssetError(PeftlabError):
     """A model or dataset cannot be found or loaded."""
+
+
+class TrialPruned(Exception):
+    """A tuning trial stopped by its pruner: not a failure, a verdict."""
+
+    def __init__(self, validation: int, value: float):
+        self.validation, self.value = validation, value
+        super().__init__(f"pruned at validation {validation} (score {value:.4g})")

@@ -20,7 +20,7 @@ from pathlib import Path
 from peftlab import assets, data, distributed, forgetting, models, shared_cache
 from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, TrialPruned
 from peftlab.evaluate import evaluate
 from peftlab.failure import describe_os_error, first_line, write_traceback
 from peftlab.fsutil import remove_stale_temporaries
@@ -35,9 +35,16 @@ from peftlab.tasks.text_formats import TextItem
 from peftlab.train import train
 
 
-def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared_dir: Path | None = None):
+def run(
+    cfg: RunConfig,
+    run_dir: Path | None = None,
+    log=None,
+    shared_dir: Path | None = None,
+    on_validation=None,
+):
     """`shared_dir`: where the runs of one comparison share their data, its encoding and
-    the base evaluation (shared_cache.py); None computes them here."""
+    the base evaluation (shared_cache.py); None computes them here. `on_validation`: hears
+    every validation score (train.py); a tuning trial's pruner stops the run through it."""
     distributed.init()  # first: what follows may depend on the rank
     log = distributed.main_only(log or say)
     cfg = cfg.resolved()
@@ -46,13 +53,16 @@ def run(cfg: RunConfig, run_dir: Path | None = None, log=None, shared_dir: Path 
     with lock_run_dir(run_dir):  # one writer per run directory; rank 0 holds it
         check_run_dir(run_dir, cfg)
         try:
-            return execute(cfg, run_dir, log, shared_dir)
+            return execute(cfg, run_dir, log, shared_dir, on_validation)
+        except TrialPruned as pruned:
+            log(f"stopped by the tuning pruner: {pruned}")
+            return record_pruned(run_dir, pruned)
         except Exception as exc:
             record_failure(run_dir, exc)
             raise
 
 
-def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> RunRecord:
+def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_validation):
     seed_everything(cfg.train.seed)
     with distributed.main_first():  # a built-in model is converted once, by rank 0
         source = assets.resolve_model(cfg.model.name)
@@ -84,16 +94,27 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> RunR
         distributed.backend(),
     )
     record["data"] = data_summary(dataset, task)
-    evaluate_base(record, model, task, items["test"], cfg, shared_dir, bool(extra), log)
+    testing = cfg.train.score_on == "test"  # else a tuning trial: validation only
+    if testing:
+        evaluate_base(record, model, task, items["test"], cfg, shared_dir, bool(extra), log)
     resuming = (run_dir / "checkpoint").is_dir() or "train" in record
-    probe = forgetting.Probe.start(cfg, info, tokenizer, model, run_dir, resuming)
+    probe = (
+        forgetting.Probe.start(cfg, info, tokenizer, model, run_dir, resuming) if testing else None
+    )
 
     log(
         f"{method.name}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.4f}%)"
     )
     result = train(
-        model, task, items["train"], items["validation"], cfg.train, run_dir / "checkpoint", log=log
+        model,
+        task,
+        items["train"],
+        items["validation"],
+        cfg.train,
+        run_dir / "checkpoint",
+        log=log,
+        on_validation=on_validation,
     )
     record["train"] = {
         **result,
@@ -102,11 +123,31 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> RunR
         "trainable_percent": round(100 * trainable / total, 6),
     }
     record.save()
+    if testing:
+        score_on_test(record, model, task, items["test"], cfg, probe, log)
+        if distributed.is_main():
+            record["adapter"] = save_artifact(
+                model,
+                tokenizer,
+                run_dir / "adapter",
+                manifest(cfg, info, tokenizer, record),
+                method.kind,
+            )
+    else:
+        metric, _ = task.validation
+        record["validation"] = {metric: result["best_validation"], "metric": metric}
+        log(f"validation {metric}: {result['best_validation']:.4f} (best of the run)")
+    finish(record)
+    distributed.barrier()  # everyone returns once the run directory is complete
+    return record
 
+
+def score_on_test(record, model, task, test_items, cfg: RunConfig, probe, log) -> None:
+    """The tuned model's test metrics and its forgetting, into the record."""
     record["after"] = evaluate(
         model,
         task,
-        items["test"],
+        test_items,
         cfg.train.eval_batch_size,
         cfg.train.precision,
         desc="test (tuned)",
@@ -115,17 +156,6 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> RunR
     if probe is not None:
         record["forgetting"] = probe.finish(model)
         log(f"forgetting ({record['forgetting']['measure']}): {record['forgetting']['value']:g}")
-    if distributed.is_main():
-        record["adapter"] = save_artifact(
-            model,
-            tokenizer,
-            run_dir / "adapter",
-            manifest(cfg, info, tokenizer, record),
-            method.kind,
-        )
-    finish(record)
-    distributed.barrier()  # everyone returns once the run directory is complete
-    return record
 
 
 def task_data(cfg: RunConfig, info, tokenizer, shared_dir: Path | None) -> tuple:
@@ -177,7 +207,7 @@ def finish(record: RunRecord) -> None:
     """Report, then "done" as the very last word: a run killed before it resumes and ends
     here; one killed after it is complete. The checkpoint only served --resume."""
     record.pop("error", None)
-    if distributed.is_main():
+    if distributed.is_main() and "after" in record:  # a tuning trial has no test scores
         write_report(record)
     record["status"] = "done"
     record.save()
@@ -189,6 +219,17 @@ def clean_finished(run_dir: Path) -> None:
     # For `full` the checkpoint holds the whole model and its optimizer state.
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     remove_stale_temporaries(run_dir)
+
+
+def record_pruned(run_dir: Path, pruned: TrialPruned) -> RunRecord:
+    """A pruned tuning trial ends here: a verdict on its settings, not a failure."""
+    record = RunRecord.open(run_dir)
+    if distributed.is_main():
+        record["pruned"] = {"at_validation": pruned.validation, "score": pruned.value}
+        record["status"] = "pruned"
+        record.save()
+        clean_finished(run_dir)
+    return record
 
 
 def record_failure(run_dir: Path, exc: Exception) -> None:

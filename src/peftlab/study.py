@@ -12,6 +12,7 @@ The default storage is an SQLite file in the comparison folder; any URL Optuna t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import threading
 from pathlib import Path
@@ -53,14 +54,68 @@ def study_name(out: Path) -> str:
     return f"{STUDY_PREFIX}-{Path(out).resolve().name}"
 
 
-def create_study(storage, name: str, heartbeat_s: float):
+def create_study(storage, name: str, heartbeat_s: float, direction: str = "maximize"):
     """The comparison's study; it records the heartbeat interval every worker must keep
     (a worker beating more slowly than the others' grace period would look dead)."""
     import optuna
 
-    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=name, load_if_exists=True, direction=direction
+    )
     study.set_user_attr("heartbeat_s", heartbeat_s)
     return study
+
+
+def load_study(storage, name: str):
+    """A study with the comparison's pruner (Optuna keeps pruners out of the storage)."""
+    import optuna
+
+    return optuna.load_study(storage=storage, study_name=name, pruner=make_pruner())
+
+
+STARTUP_TRIALS = 2  # trials of a method that always run to the end: the yardstick
+REDUCTION = 3  # successive halving keeps the best third at each rung
+
+
+def make_pruner():
+    """Asynchronous successive halving (ASHA: Li et al. 2020) on the validation scores,
+    rungs at validations 1, 3, 9...; a trial must be in the best third of those that
+    reached its rung. Optuna's version judges the second trial against the first alone,
+    so the first STARTUP_TRIALS trials of a method only set the bar (their rung scores
+    are recorded, never pruned), like MedianPruner's n_startup_trials."""
+    from optuna.pruners import BasePruner, SuccessiveHalvingPruner
+
+    class AfterStartup(BasePruner):
+        def __init__(self):
+            self.halving = SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION)
+
+        def prune(self, study, trial) -> bool:
+            verdict = self.halving.prune(study, trial)  # also records the rung score
+            return verdict and trial.number >= STARTUP_TRIALS
+
+    return AfterStartup()
+
+
+class TrialReporter:
+    """In a tuning trial's own process: each validation score goes to its Optuna trial,
+    and the pruner may stop the run (never at its last validation: that one is done)."""
+
+    def __init__(self, url: str, study_name: str, number: int):
+        import optuna
+
+        storage = open_storage(url)
+        self.study = load_study(storage, study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study_name), number
+        )
+        self.trial = optuna.Trial(self.study, trial_id)
+
+    def __call__(self, index: int, value: float, final: bool) -> None:
+        from peftlab.errors import TrialPruned
+
+        self.trial.report(value, index)
+        if not final and self.trial.should_prune():
+            raise TrialPruned(index, value)
 
 
 def join_study(url: str, name: str | None):
@@ -92,32 +147,86 @@ def trials_of(study, states=None) -> list:
     return study.get_trials(deepcopy=False, states=states)
 
 
-def enqueue(study, runs: list[dict]) -> int:
-    """Enqueue each planned run that no trial waits for or runs yet; return how many."""
+def enqueue(study, runs: list[dict], keep=("WAITING", "RUNNING")) -> int:
+    """Enqueue each planned run that has no trial in a `keep` state; return how many.
+    A tuning trial's planned settings are its fixed parameters."""
     from optuna.trial import TrialState
 
-    pending = {
-        t.user_attrs.get("name") for t in trials_of(study, (TrialState.WAITING, TrialState.RUNNING))
-    }
+    states = tuple(TrialState[name] for name in keep)
+    pending = {t.user_attrs.get("name") for t in trials_of(study, states)}
     added = 0
     for spec in runs:
         if spec["name"] not in pending:
-            study.enqueue_trial({}, user_attrs=spec, skip_if_exists=False)
+            study.enqueue_trial(spec.get("params", {}), user_attrs=spec, skip_if_exists=False)
             added += 1
     return added
 
 
-def claim(study, storage) -> int | None:
-    """Take the next waiting trial (atomically: one worker wins each); None if none."""
+def claim(study, storage, ready=lambda attrs: True) -> int | None:
+    """Take the next waiting trial that is `ready` (atomically: one worker wins each);
+    None if there is none."""
     from optuna.trial import TrialState
 
     for trial in trials_of(study, (TrialState.WAITING,)):
+        if not ready(trial.user_attrs):
+            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(study.study_name), trial.number
         )
-        if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-            return trial_id
+        with claim_lock(storage):
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return trial_id
     return None
+
+
+@contextlib.contextmanager
+def claim_lock(storage):
+    """Optuna's WAITING -> RUNNING check reads the trial with SELECT ... FOR UPDATE, which
+    SQLite ignores: two processes could both see it waiting and both take it. On SQLite
+    (one machine by nature) a lock file next to the database serialises the claims;
+    PostgreSQL and MySQL lock the row themselves."""
+    url = str(getattr(storage, "url", ""))
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(url.removeprefix("sqlite:///") + ".claim-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def search_over(study) -> bool:
+    """A tuning study none of whose trials waits or runs any more."""
+    from optuna.trial import TrialState
+
+    return not trials_of(study, (TrialState.WAITING, TrialState.RUNNING))
+
+
+def record_params(study, trial_id: int, params: dict, space: dict) -> dict:
+    """Give a claimed tuning trial its planned settings through Optuna's suggest API, so
+    the storage holds them with their distributions (for Optuna's own tools too)."""
+    import optuna
+
+    from peftlab.tuning import Range, distribution
+
+    trial = optuna.Trial(study, trial_id)
+    chosen = {}
+    for name in params:  # enqueued as the trial's fixed parameters: suggest returns them
+        d = distribution(Range(**space[name]))
+        if isinstance(d, optuna.distributions.IntDistribution):
+            chosen[name] = trial.suggest_int(name, d.low, d.high, log=d.log)
+        else:
+            chosen[name] = trial.suggest_float(name, d.low, d.high, log=d.log)
+    return chosen
+
+
+def best_params(study) -> dict | None:
+    """The settings of a search's best finished trial (None if none finished)."""
+    from optuna.trial import TrialState
+
+    complete = trials_of(study, (TrialState.COMPLETE,))
+    if not complete:
+        return None
+    return study.best_trial.params
 
 
 def anything_running(study) -> bool:
@@ -150,7 +259,8 @@ def heartbeat(storage, trial_id: int):
 
 
 def finish(storage, trial_id: int, outcome: dict) -> None:
-    """COMPLETE with the run's metric, or FAIL with how it failed (a rerun retries it)."""
+    """COMPLETE with the run's metric, PRUNED, or FAIL with how it failed (a rerun
+    retries it)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -158,6 +268,8 @@ def finish(storage, trial_id: int, outcome: dict) -> None:
         storage.set_trial_user_attr(trial_id, "outcome", outcome)
         if "error" in outcome:
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        elif outcome.get("pruned"):
+            storage.set_trial_state_values(trial_id, state=TrialState.PRUNED)
         else:
             value = outcome.get("value", 0.0)
             storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[value])

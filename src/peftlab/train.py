@@ -197,9 +197,19 @@ class Checkpoints:
 
 
 def train(
-    model, task, train_items, val_items, args: TrainArgs, checkpoint_dir: Path, log=print
+    model,
+    task,
+    train_items,
+    val_items,
+    args: TrainArgs,
+    checkpoint_dir: Path,
+    log=print,
+    on_validation=None,
 ) -> dict:
-    """Train `model` in place; return the training record (timing, history, best)."""
+    """Train `model` in place; return the training record (timing, history, best).
+
+    on_validation(index, value, final) hears each validation score (a tuning trial reports
+    it to its pruner, which may stop the run by raising TrialPruned)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -208,6 +218,7 @@ def train(
     windows_per_epoch = len(epoch_windows(lengths, args.batch_size, args.grad_accum, 0, 0))
     windows_per_epoch = max(1, windows_per_epoch // accelerator.num_processes)
     total_steps = args.max_steps or math.ceil(args.epochs * windows_per_epoch)
+    eval_every = validation_interval(args, total_steps)
 
     use_fast_dropout(model)
     optimizer = make_optimizer(model, args)
@@ -249,6 +260,8 @@ def train(
             f"step {state.step}: validation {metric} {value:.4f} (best {state.best_metric:.4f}"
             f" at step {state.best_step})"
         )
+        if on_validation is not None:
+            on_validation(len(state.evals), value, state.step >= total_steps)
 
     model.train()
     release_freed_memory()
@@ -312,11 +325,11 @@ def train(
                 done = state.step >= total_steps
                 end_of_epoch = state.window == len(windows)
                 if (
-                    (args.eval_every and state.step % args.eval_every == 0)
-                    or (not args.eval_every and end_of_epoch)
+                    (eval_every and state.step % eval_every == 0)
+                    or (not eval_every and end_of_epoch)
                     or done
                 ) and (not state.evals or state.evals[-1]["step"] != state.step):
-                    if done and not state.evals:
+                    if done and not state.evals and args.score_on == "test":
                         # A single validation at the very end selects nothing: the test
                         # evaluation of the same weights follows at once.
                         log("validation skipped: one final validation would select nothing")
@@ -355,6 +368,13 @@ def train(
         "history": state.history,
         "evals": state.evals,
     }
+
+
+def validation_interval(args: TrainArgs, total_steps: int) -> int:
+    """Steps between validations: --validations spreads them evenly, else --eval-every."""
+    if args.validations:
+        return max(1, math.ceil(total_steps / args.validations))
+    return args.eval_every
 
 
 def cache_frozen_layers(accelerator, model, task, items, args, repeats: bool, log):

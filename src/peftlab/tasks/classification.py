@@ -151,6 +151,7 @@ class ClassificationTask:
             "accuracy": float((preds == gold).mean()),
             "f1": macro_f1(preds, gold, len(self.label_names)),
             "loss": loss,
+            "per_example": (preds == gold).astype(float).tolist(),  # paired tests, CIs
         }
 
 

@@ -1,0 +1,125 @@
+"""`compare --tune`: equal validation-only searches per method, pruning, the best settings
+over the seeds beside the defaults, and the leaderboard's statistics."""
+
+import json
+
+import pytest
+import tiny
+
+from peftlab import tuning
+from peftlab.cli import main
+
+
+def tune_argv(model, data, out, methods="lora,ia3", extra=()):
+    return [
+        "compare",
+        "--methods",
+        methods,
+        "--seeds",
+        "0,1",
+        "--tune",
+        "lr",
+        "--trials",
+        "3",
+        "--jobs",
+        "2",
+        *tiny.where(model, data, out),
+        "--template",
+        "review: {text} sentiment:",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        *tiny.ALL_ROWS,
+        *extra,
+    ]
+
+
+def test_tune_searches_each_method_on_validation_then_runs_the_best_over_seeds(
+    tiny_llama, sentiment_csv, tmp_path
+):
+    out = tmp_path / "cmp"
+    assert main(tune_argv(tiny_llama, sentiment_csv, out)) == 0
+    board = json.loads((out / "compare.json").read_text())
+    for method in ("lora", "ia3"):
+        search = board["searches"][method]
+        # The same number of trials per method, at the planned Latin hypercube points.
+        assert len(search["trials"]) == 3
+        lrs = sorted(t["params"]["lr"] for t in search["trials"])
+        r = tuning.LEARNING_RATES[method]
+        assert all(r.low <= lr <= r.high for lr in lrs) and len(set(lrs)) == 3
+        # Tuning trials never looked at the test split, and saved no adapter.
+        for n in range(3):
+            record = json.loads((out / "tune" / f"{method}-trial{n}" / "run.json").read_text())
+            assert "before" not in record and "after" not in record
+            assert record["status"] in ("done", "pruned")
+            assert not (out / "tune" / f"{method}-trial{n}" / "adapter").exists()
+        finished = [t for t in search["trials"] if t["state"] == "COMPLETE"]
+        best = max(finished, key=lambda t: t["value"])
+        assert search["best_params"] == best["params"]
+        # The final tuned runs used the best rate; the default runs the method's own.
+        row = next(r for r in board["rows"] if r["method"] == method)
+        assert row["variant"] == "tuned" and row["seeds"] == [0, 1]
+        assert row["lr"] == best["params"]["lr"]
+        assert row["default"]["lr"] != row["lr"]
+        ci = row["accuracy_ci"]
+        assert ci[0] <= row["accuracy"] <= ci[1] and row["ci_over"] == "seeds"
+    assert board["rows"][0]["tied_with_best"] is True
+    assert board["recommendation"].startswith("Best accuracy: ")
+    html = (out / "compare.html").read_text()
+    assert 'id="recommendation"' in html and 'id="tuning"' in html and 'id="spaces"' in html
+    assert (out / "search.png").is_file() and (out / "pareto.png").is_file()
+    assert "lr=" in (out / "compare.md").read_text()
+
+
+def test_latin_hypercube_puts_one_trial_in_each_stratum():
+    r = tuning.Range(1e-4, 1e-2)
+    points = tuning.latin_hypercube({"lr": r, "lora_r": tuning.FIELDS["lora_r"][1]}, 5, seed=3)
+    import math
+
+    strata = sorted(int(5 * math.log(p["lr"] / 1e-4) / math.log(100)) for p in points)
+    assert strata == [0, 1, 2, 3, 4]
+    assert all(isinstance(p["lora_r"], int) and 2 <= p["lora_r"] <= 64 for p in points)
+    assert points == tuning.latin_hypercube({"lr": r, "lora_r": tuning.FIELDS["lora_r"][1]}, 5, 3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tune", "lr", "--trials", "1"], "--trials 1: a search needs 2 trials or more"),
+        (["--trials", "3"], "add --tune lr"),
+        (["--tune", "epochs"], "--tune epochs: not tunable"),
+        (["--tune", "adapter_size"], "none of the methods uses it"),
+        (["--tune", "lr", "--lr", "1e-3"], "drop --lr"),
+    ],
+)
+def test_bad_tuning_requests_are_one_line(
+    tiny_bert, sentiment_csv, tmp_path, capsys, extra, message
+):
+    argv = ["compare", "--methods", "lora", *tiny.where(tiny_bert, sentiment_csv, tmp_path / "o")]
+    assert main([*argv, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pruner_stops_a_trial_behind_the_startup_trials_at_a_rung():
+    import optuna
+
+    from peftlab.study import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner())
+    verdicts = []
+    for scores in ([0.9, 0.9, 0.9], [0.2, 0.3, 0.4], [0.5, 0.6, 0.7], [0.95, 0.96, 0.97]):
+        trial = study.ask()
+        pruned = False
+        for step, score in enumerate(scores, start=1):
+            trial.report(score, step)
+            if trial.should_prune():
+                pruned = True
+                break
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(
+            trial, scores[-1]
+        )
+        verdicts.append(pruned)
+    # The two startup trials always finish, however poor; then a trial must be in the
+    # best third at its rung: 0.5 at validation 1 is not, 0.95 is.
+    assert verdicts == [False, False, True, False]
