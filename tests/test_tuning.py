@@ -91,6 +91,7 @@ def test_latin_hypercube_puts_one_trial_in_each_stratum():
         (["--tune", "epochs"], "--tune epochs: not tunable"),
         (["--tune", "adapter_size"], "none of the methods uses it"),
         (["--tune", "lr", "--lr", "1e-3"], "drop --lr"),
+        (["--score-on", "validation"], "drop --score-on"),
     ],
 )
 def test_bad_tuning_requests_are_one_line(

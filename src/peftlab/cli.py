@@ -340,7 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
         "trials of an Optuna study (--storage): --jobs runs several at once, and "
         "`peftlab compare --worker --storage URL` on other machines joins in. Finished runs "
         "are kept on a rerun and failed ones retried; a failing method is recorded and the "
-        "rest go on. Existing run directories can be given to only build the report.",
+        "rest go on. With --tune, every method first gets the same number of "
+        "validation-only tuning trials; its best settings then run over --seeds beside its "
+        "defaults. The leaderboard gives 95%% intervals, a paired test against the best, "
+        "Pareto fronts and a recommendation. Existing run directories can be given to only "
+        "build the report.",
     )
     compare_parser.add_argument(
         "run_dirs", nargs="*", metavar="RUN_DIR", help="finished run directories to include"

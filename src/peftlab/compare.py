@@ -98,6 +98,11 @@ def plan_search(base: RunConfig, method: str, tune: Tuning, seed: int) -> list[d
 def protocol(base: RunConfig, tune: Tuning | None) -> RunConfig:
     """With --tune every run (trial, tuned, default) validates VALIDATIONS times and keeps
     its best weights, so a tuned and a default run differ only in the tuned settings."""
+    if base.train.score_on != "test":
+        raise PeftlabError(
+            "--score-on validation is what compare gives its tuning trials (--tune); a "
+            "comparison's own runs are scored on the test split: drop --score-on"
+        )
     if tune is None:
         return base
     if base.train.lr is not None and "lr" in tune.fields:
