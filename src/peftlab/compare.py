@@ -81,17 +81,22 @@ def plan(base: RunConfig, methods: list[str], seeds: list[int], tune: Tuning | N
 
 
 def plan_search(base: RunConfig, method: str, tune: Tuning, seed: int) -> list[dict]:
-    """A method's tuning trials: validation only, at the points of a Latin hypercube."""
+    """A method's tuning trials, validation only: its default settings first (so the
+    pick is never worse on validation than the defaults; ties go to them), then the
+    points of a Latin hypercube."""
     trial_base = copy.deepcopy(base)
     trial_base.train.score_on = "validation"
     ranges = tuning.space(method, tune.fields)
+    defaults = tuning.defaults(base, method, list(ranges))
+    ranges = {name: r.including(defaults[name]) for name, r in ranges.items()}
+    points = [defaults, *tuning.latin_hypercube(ranges, tune.trials - 1, seed)]
     space = {
         n: {k: v for k, v in dataclasses.asdict(r).items() if k != "source"}
         for n, r in ranges.items()
     }
     return [
         run_spec(trial_base, method, seed, f"tune/{method}-trial{i}", params=params, space=space)
-        for i, params in enumerate(tuning.latin_hypercube(ranges, tune.trials, seed))
+        for i, params in enumerate(points)
     ]
 
 

@@ -57,11 +57,10 @@ def cell(board: dict, row: dict, key: str, fmt: str) -> str:
     if fmt == "tie":
         if value is None:
             return "-"
-        return (
-            "best"
-            if row is board["rows"][0]
-            else f"{'yes' if value else 'no'} ({row['p_vs_best']:.3g})"
-        )
+        if row is board["rows"][0]:
+            return "best"
+        p = row["p_vs_best"]
+        return f"{'yes' if value else 'no'} (p{'<0.001' if p < 0.001 else f'={p:.3g}'})"
     if fmt == "params":
         return ", ".join(f"{k}={v:g}" for k, v in (value or {}).items()) or "-"
     if fmt == "default":

@@ -7,8 +7,10 @@ few embeddings from scratch; full fine-tuning nudges pretrained weights); each r
 where it comes from. The other tunable fields share one range for every method that
 uses them.
 
-The trials' settings are a Latin hypercube over each range (log scale where marked),
-drawn once by the process that starts the comparison and enqueued with the trials. Why
+A method's first trial is its default settings (the tuned pick can then never be worse on
+validation than the defaults, and ties go to them); the others are a Latin hypercube over
+each range (log scale where marked), drawn once by the process that starts the comparison
+and enqueued with the trials. Why
 not a learning sampler such as TPE: its first 10 trials are random anyway, and trials
 drawn in parallel by workers on several machines would repeat each other's draws with a
 fixed seed or differ between reruns without one; a Latin hypercube covers each range
@@ -18,6 +20,7 @@ rerun, and puts every method's trials at the same relative places in its range.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -42,6 +45,10 @@ class Range:
         if self.integer:
             return int(min(self.high, max(self.low, round(value))))
         return float(f"{value:.3g}")  # 3 significant digits: readable, and enough
+
+    def including(self, value: float) -> Range:
+        """This range, widened to hold `value` (a user's own default outside it)."""
+        return dataclasses.replace(self, low=min(self.low, value), high=max(self.high, value))
 
     def describe(self) -> str:
         scale = "log-uniform" if self.log else "uniform"
@@ -139,6 +146,17 @@ def latin_hypercube(ranges: dict[str, Range], trials: int, seed: int) -> list[di
         rng.shuffle(strata)
         columns[name] = [r.at((s + rng.random()) / trials) for s in strata]
     return [{name: columns[name][i] for name in ranges} for i in range(trials)]
+
+
+def defaults(cfg, method: str, names: list[str]) -> dict:
+    """The settings a run of `method` gets untuned: its own rate, the config's others."""
+    from peftlab.methods import METHODS
+
+    chosen = {}
+    for name in names:
+        value = getattr(getattr(cfg, FIELDS[name][0]), name)
+        chosen[name] = METHODS[method].default_lr if name == "lr" and value is None else value
+    return chosen
 
 
 def apply(config: dict, params: dict) -> dict:
