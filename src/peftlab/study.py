@@ -118,13 +118,6 @@ class TrialReporter:
             raise TrialPruned(index, value)
 
 
-def join_study(url: str, name: str | None):
-    """(storage, study) for a worker: the study's own heartbeat interval."""
-    study = find_study(open_storage(url), name)
-    storage = open_storage(url, study.user_attrs.get("heartbeat_s", HEARTBEAT_S))
-    return storage, find_study(storage, study.study_name)
-
-
 def find_study(storage, name: str | None):
     """The named study, or the storage's only peftlab comparison."""
     import optuna

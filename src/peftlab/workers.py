@@ -97,17 +97,18 @@ def work_loop(comparison: Comparison, threads: int, gpu: int | None, log) -> int
 
 def run_trial(comparison: Comparison, study, trial_id: int, threads, gpu, log) -> None:
     storage = comparison.storage
-    spec = storage.get_trial(trial_id).user_attrs
+    trial = storage.get_trial(trial_id)
+    spec = trial.user_attrs
     run_dir = comparison.out / spec["name"]
     log(f"== {spec['name']}")
     with studies.heartbeat(storage, trial_id):
-        config, trial, error = settings_of(comparison, study, trial_id, spec)
+        config, where, error = settings_of(comparison, study, trial_id, trial)
         if error:
             outcome = {"error": error}
         elif finished(run_dir):  # its worker died after the run, before reporting it
             outcome = {"record": dict(RunRecord.open(run_dir))}
         else:
-            outcome = run_child(config, run_dir, comparison.out / "shared", threads, gpu, trial)
+            outcome = run_child(config, run_dir, comparison.out / "shared", threads, gpu, where)
     if "error" in outcome:
         log(f"!! {spec['name']} failed: {outcome['error']}")
     else:
@@ -118,14 +119,14 @@ def run_trial(comparison: Comparison, study, trial_id: int, threads, gpu, log) -
     studies.finish(storage, trial_id, outcome)
 
 
-def settings_of(comparison: Comparison, study, trial_id: int, spec: dict) -> tuple:
+def settings_of(comparison: Comparison, study, trial_id: int, trial) -> tuple:
     """(config, --trial JSON or None, error or None) of a trial: a tuning trial's own
     sample, a tuned run's best settings of its method's search, else as planned."""
+    spec = trial.user_attrs
     config = spec["config"]
     if "params" in spec:  # a tuning trial
         params = studies.record_params(study, trial_id, spec["params"], spec["space"])
-        number = comparison.storage.get_trial(trial_id).number
-        where = {"storage": comparison.url, "study": study.study_name, "trial": number}
+        where = {"storage": comparison.url, "study": study.study_name, "trial": trial.number}
         return tuning.apply(config, params), where, None
     if spec.get("tuned_from"):
         best = studies.best_params(comparison.searches[spec["tuned_from"]])
