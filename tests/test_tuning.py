@@ -129,3 +129,20 @@ def test_pruner_stops_a_trial_behind_the_startup_trials_at_a_rung():
     # The two startup trials always finish, however poor; then a trial must be in the
     # best third at its rung: 0.5 at validation 1 is not, 0.95 is.
     assert verdicts == [False, False, True, False]
+
+
+def test_a_default_outside_its_range_widens_the_range_it_is_searched_and_reported_in():
+    from types import SimpleNamespace
+
+    from peftlab.compare import Tuning, plan_search, searched_ranges
+    from peftlab.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.train.weight_decay = 0.5  # the shared range is [0, 0.1]
+    trials = plan_search(cfg, "lora", Tuning(["lr", "weight_decay"], trials=3), seed=0)
+    assert trials[0]["params"] == {"lr": METHODS["lora"].default_lr, "weight_decay": 0.5}
+    assert all(0.0 <= t["params"]["weight_decay"] <= 0.5 for t in trials)
+    ranges = searched_ranges("lora", [SimpleNamespace(user_attrs=t) for t in trials])
+    assert ranges["weight_decay"]["range"] == "uniform [0, 0.5]"
+    assert ranges["lr"]["range"] == "log-uniform [0.0001, 0.01]"
+    assert ranges["lr"]["source"] == tuning.LEARNING_RATES["lora"].source

@@ -54,6 +54,15 @@ def wait_for(condition, timeout=120.0):
     raise AssertionError("timed out")
 
 
+def every_trial(storage: str) -> list:
+    """The trials of every study in the storage (a tuned comparison has one per method)."""
+    return [
+        trial
+        for summary in optuna.get_all_study_summaries(storage)
+        for trial in optuna.load_study(storage=storage, study_name=summary.study_name).trials
+    ]
+
+
 def completed_names(storage: str) -> list[str]:
     return sorted(t.user_attrs["name"] for t in trials(storage) if t.state == TrialState.COMPLETE)
 
@@ -140,3 +149,32 @@ def test_a_killed_workers_run_is_retried_by_another(tiny_llama, sentiment_csv, t
     assert output.count("done already, kept") == 3
     board = json.loads((out / "compare.json").read_text())
     assert board["rows"][0]["seeds"] == [0, 1, 2] and not board["failures"]
+
+
+def test_a_worker_joins_a_tuned_comparison(tiny_llama, sentiment_csv, tmp_path):
+    """A worker started without --study finds the comparison (not one of its tuning
+    studies), takes tuning trials and final runs, and each runs exactly once."""
+    out, elsewhere = tmp_path / "cmp", tmp_path / "worker"
+    storage = f"sqlite:///{out / 'study.db'}"
+    coordinator = peftlab(
+        "compare", "--methods", "lora", "--seeds", "0", "--tune", "lr", "--trials", "3",
+        "--storage", storage, *tiny.where(tiny_llama, sentiment_csv, out), *RUN,
+        *SLOW_HEARTBEAT,
+    )  # fmt: skip
+    wait_for(lambda: len(every_trial(storage)) == 5)  # 3 tuning trials, tuned and default runs
+    worker = peftlab("compare", "--worker", "--storage", storage, "--out", str(elsewhere))
+    worker_out, _ = worker.communicate(timeout=300)
+    coordinator_out, _ = coordinator.communicate(timeout=300)
+    assert coordinator.returncode == 0, coordinator_out
+    assert worker.returncode == 0, worker_out
+    ran = every_trial(storage)
+    assert len(ran) == 5 and {t.state for t in ran} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    expected = ["lora-default-seed0", "lora-seed0", *(f"tune/lora-trial{i}" for i in range(3))]
+    assert sorted(t.user_attrs["name"] for t in ran) == expected
+    records = sorted(str(p.parent.relative_to(d)) for d in (out, elsewhere)
+                     for p in d.glob("**/run.json") if "shared" not in p.parts)  # fmt: skip
+    assert records == expected  # nothing ran twice...
+    assert any(elsewhere.glob("**/run.json"))  # ...and the worker took a share
+    board = json.loads((out / "compare.json").read_text())
+    (row,) = board["rows"]
+    assert row["lr"] == board["searches"]["lora"]["best_params"]["lr"]

@@ -576,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftlab: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `peftlab methods | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except Exception as exc:  # never a traceback for the user; kept in a file instead
         if debug:
             raise

@@ -118,9 +118,8 @@ def protocol(base: RunConfig, tune: Tuning | None) -> RunConfig:
     return cfg
 
 
-def start_searches(comparison: Comparison, base, methods, seed: int, tune: Tuning, beat):
+def start_searches(storage, study, base, methods, seed: int, tune: Tuning, beat):
     """One tuning study per method, its trials enqueued (a rerun adds only missing ones)."""
-    study = comparison.study
     asked = {"fields": tune.fields, "trials": tune.trials}
     before = study.user_attrs.get("tune")
     if before not in (None, asked):
@@ -132,11 +131,11 @@ def start_searches(comparison: Comparison, base, methods, seed: int, tune: Tunin
     validation = TASK_SPECS[base.task.name].validation
     direction = "minimize" if validation == "loss" else "maximize"
     names = dict(study.user_attrs.get("searches", {}))
-    for method in methods:
-        names[method] = f"{study.study_name}-tune-{method}"
-        search = studies.create_study(comparison.storage, names[method], beat, direction)
+    names.update({method: f"{study.study_name}-tune-{method}" for method in methods})
+    study.set_user_attr("searches", names)  # first: a joining worker never takes a
+    for method in methods:  # tuning study for a comparison of its own
+        search = studies.create_study(storage, names[method], beat, direction)
         studies.enqueue(search, plan_search(base, method, tune, seed), keep=SEARCH_STATES)
-    study.set_user_attr("searches", names)
 
 
 def run_all(base, methods, seeds, out: Path, execution: Execution, tune=None, log=say):
@@ -148,14 +147,7 @@ def run_all(base, methods, seeds, out: Path, execution: Execution, tune=None, lo
     base = protocol(base, tune)
     runs = plan(base, methods, seeds, tune)
     if tune is not None:
-        start_searches(
-            Comparison(url, storage, study, out),
-            base,
-            methods,
-            seeds[0],
-            tune,
-            execution.heartbeat_s,
-        )
+        start_searches(storage, study, base, methods, seeds[0], tune, execution.heartbeat_s)
     for spec in runs:
         if finished(out / spec["name"]):
             log(f"== {spec['name']}: done already, kept")
@@ -215,14 +207,22 @@ def search_summaries(comparison: Comparison) -> dict:
             "best_params": best,
             "best_value": search.best_value if best else None,
             "direction": search.direction.name.lower(),
-            "ranges": {
-                name: {"range": r.describe(), "source": r.source}
-                for name, r in tuning.space(
-                    method, list(comparison.study.user_attrs["tune"]["fields"])
-                ).items()
-            },
+            "ranges": searched_ranges(method, studies.trials_of(search)),
         }
     return summaries
+
+
+def searched_ranges(method: str, trials: list) -> dict:
+    """The ranges a method's trials were drawn from (its own, widened to hold a user's
+    default: recorded with each trial), with where each range comes from."""
+    drawn = next((t.user_attrs["space"] for t in trials if "space" in t.user_attrs), {})
+    return {
+        name: {
+            "range": tuning.Range(**fields).describe(),
+            "source": tuning.space(method, [name])[name].source,
+        }
+        for name, fields in drawn.items()
+    }
 
 
 def load_records(run_dirs: list[Path]) -> list[dict]:

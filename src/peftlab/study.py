@@ -122,8 +122,11 @@ def find_study(storage, name: str | None):
     """The named study, or the storage's only peftlab comparison."""
     import optuna
 
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    ours = [n for n in names if n.startswith(STUDY_PREFIX)]
+    summaries = optuna.get_all_study_summaries(storage)
+    names = [s.study_name for s in summaries]
+    # A comparison's tuning studies are named in its "searches"; they are not comparisons.
+    searches = {n for s in summaries for n in s.user_attrs.get("searches", {}).values()}
+    ours = [n for n in names if n.startswith(STUDY_PREFIX) and n not in searches]
     if name is None and len(ours) == 1:
         name = ours[0]
     if name not in names:

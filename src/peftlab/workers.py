@@ -9,6 +9,7 @@ its best settings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,9 +37,17 @@ class Comparison:
 
     @classmethod
     def open(cls, url: str, storage, study, out: Path) -> Comparison:
-        names = study.user_attrs.get("searches", {})
-        searches = {m: studies.load_study(storage, n) for m, n in names.items()}
-        return cls(url, storage, study, out, searches)
+        comparison = cls(url, storage, study, out)
+        comparison.refresh()
+        return comparison
+
+    def refresh(self) -> None:
+        """Load the tuning studies named since this worker last looked (one named a moment
+        ago may not exist yet: it is loaded on a later look)."""
+        for method, name in self.study.user_attrs.get("searches", {}).items():
+            if method not in self.searches:
+                with contextlib.suppress(KeyError):
+                    self.searches[method] = studies.load_study(self.storage, name)
 
     def all_studies(self) -> list:
         return [*self.searches.values(), self.study]
@@ -46,14 +55,17 @@ class Comparison:
     def claim(self) -> tuple | None:
         """(study, trial id) of the next trial to run: tuning first, then the final runs
         whose method's search is over."""
+        self.refresh()
         for search in self.searches.values():
             trial_id = studies.claim(search, self.storage)
             if trial_id is not None:
                 return search, trial_id
 
         def ready(spec: dict) -> bool:
-            search = self.searches.get(spec.get("tuned_from"))
-            return search is None or studies.search_over(search)
+            if not spec.get("tuned_from"):
+                return True
+            search = self.searches.get(spec["tuned_from"])
+            return search is not None and studies.search_over(search)
 
         trial_id = studies.claim(self.study, self.storage, ready)
         return (self.study, trial_id) if trial_id is not None else None
