@@ -24,7 +24,6 @@ import argparse
 import functools
 import json
 import statistics
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +32,9 @@ from pathlib import Path
 from peftlab.config import DataArgs
 from peftlab.data import load
 from peftlab.package import open_package
-from peftlab.serving import parse_adapters
+from peftlab.serving import Limits, Server, parse_adapters
 from peftlab.serving.batcher import Batcher
 from peftlab.serving.engine import Engine
-from peftlab.serving.http import Limits, Server
 
 MODES = {  # name -> (mix adapters in one pass, largest batch)
     "mixed": (True, 16),
@@ -81,24 +79,20 @@ def measure(engine, mode: str, calls, concurrency: int) -> dict:
     mix, max_batch = MODES[mode]
     engine.mix = mix
     batcher = Batcher(engine, max_batch=max_batch, max_wait_s=0.01, queue_size=4096).start()
-    server = Server(("127.0.0.1", 0), engine, batcher, Limits(), None)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = Server(engine, batcher, "127.0.0.1", 0, Limits(), None).start()
     try:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             latencies = list(pool.map(lambda c: post(server.url + c[0], c[1]), calls))
         seconds = time.perf_counter() - started
     finally:
-        server.shutdown()
-        server.server_close()
-        batcher.stop()
+        server.stop()  # and its batcher
     latencies.sort()
     return {
         "requests_per_s": len(calls) / seconds,
         "p50_latency_s": latencies[len(latencies) // 2],
         "p95_latency_s": latencies[int(len(latencies) * 0.95)],
-        "mean_batch": batcher.metrics.snapshot()["batches"]["mean_size"],
+        "mean_batch": batcher.metrics.mean_batch_size(),
     }
 
 

@@ -49,3 +49,24 @@ def sentiment_csv(tmp_path_factory) -> Path:
 def peftlab_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PEFTLAB_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+SERVE_TRAIN = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "16", *tiny.ALL_ROWS]
+SERVE_TRAIN += ["--max-new-tokens", "6"]
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_llama, sentiment_csv, tmp_path_factory):
+    """Two adapters on the tiny llama for the server tests: label words and summaries."""
+    from peftlab.cli import main
+
+    root = tmp_path_factory.mktemp("adapters")
+    summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
+    runs = {
+        "sentiment": ["--dataset", str(sentiment_csv)],
+        "summary": ["--dataset", str(summaries), "--task", "summarization"],
+    }
+    for name, extra in runs.items():
+        argv = ["run", "--model", str(tiny_llama), "--out", str(root / name), *SERVE_TRAIN, *extra]
+        assert main(argv) == 0
+    return {name: str(root / name / "adapter") for name in runs}

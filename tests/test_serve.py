@@ -3,7 +3,6 @@ concurrent mixed-adapter traffic checked against offline `predict`, bad input, a
 
 import json
 import shutil
-import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -11,42 +10,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import tiny
 
-from peftlab.cli import main
 from peftlab.inference import Predictor
 from peftlab.package import open_package
-from peftlab.serving import start
+from peftlab.serving import Limits, start
 from peftlab.serving.batcher import Batcher, Job, QueueFull
-from peftlab.serving.http import Limits
 
-TRAIN = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "16", *tiny.ALL_ROWS]
-TRAIN += ["--max-new-tokens", "6"]
 TOKEN = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama, sentiment_csv, tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
-    runs = {
-        "sentiment": ["--dataset", str(sentiment_csv)],
-        "summary": ["--dataset", str(summaries), "--task", "summarization"],
-    }
-    for name, extra in runs.items():
-        argv = ["run", "--model", str(tiny_llama), "--out", str(root / name), *TRAIN, *extra]
-        assert main(argv) == 0
-    return {name: str(root / name / "adapter") for name in runs}
 
 
 @pytest.fixture(scope="module")
 def server(adapters):
     limits = Limits(max_input_tokens=512, max_new_tokens=64)
-    server = start(adapters, port=0, admin_token=TOKEN, max_wait_ms=20, limits=limits)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = start(adapters, port=0, admin_token=TOKEN, max_wait_ms=20, limits=limits).start()
     yield server
-    server.shutdown()
-    server.server_close()
-    server.batcher.stop()
+    server.stop()
 
 
 def call(server, method, path, body=None, raw: bytes | None = None, headers=None):
@@ -65,7 +42,7 @@ def call(server, method, path, body=None, raw: bytes | None = None, headers=None
 def test_binds_localhost_and_lists_base_and_adapters(server, tiny_llama):
     import openai
 
-    assert server.server_address[0] == "127.0.0.1"
+    assert server.address[0] == "127.0.0.1"
     with openai.OpenAI(base_url=server.url + "/v1", api_key="unused") as client:
         ids = [m.id for m in client.models.list().data]
     assert ids == [str(tiny_llama), "sentiment", "summary"]
@@ -113,9 +90,25 @@ def test_200_concurrent_mixed_requests_equal_offline_predict(server, adapters):
                 assert got["probabilities"][name] == pytest.approx(p, abs=1e-4)
         else:
             assert body["choices"][0]["text"] == expected_summaries[i % 100]["generation"]
-    _, metrics = call(server, "GET", "/metrics")
-    assert metrics["models"]["sentiment"]["requests"] >= 100
-    assert metrics["batches"]["mean_size"] > 1  # requests were batched, not serialized
+    samples = prometheus(server)
+    ok = {"endpoint": "/v1/classify", "model": "sentiment", "status": "200"}
+    assert samples["peftlab_requests_total", frozenset(ok.items())] == 100
+    batches = [samples[f"peftlab_batch_size_{s}", frozenset()] for s in ("sum", "count")]
+    assert batches[0] / batches[1] > 1  # requests were batched, not serialized
+
+
+def prometheus(server) -> dict:
+    """GET /metrics, parsed by prometheus_client: (name, its labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.url + "/metrics", timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 BAD_REQUESTS = [

@@ -210,6 +210,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from peftlab.serving import Limits, parse_adapters, start
 
@@ -232,18 +235,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     models = ", ".join(row["id"] for row in server.engine.describe())
     print(f"serving {models} on {server.url}/v1 (admin {'on' if token else 'off'})", flush=True)
-
-    def stop(signum, frame):  # SIGTERM (docker stop, systemd) ends like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handlers it
+    # found: no-ops here, so the command ends with "stopped" and 0 (a second Ctrl-C
+    # while draining still forces the exit).
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", flush=True)
+        server.serve()
     finally:
-        server.server_close()
-        server.batcher.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", flush=True)
     return 0
 
 
@@ -494,9 +495,11 @@ def add_serve_parser(sub) -> None:
         help="serve many adapters on one base model (OpenAI-compatible HTTP API)",
         description="Load one base model and any number of adapters, and answer "
         "GET /v1/models, POST /v1/completions, /v1/chat/completions (the adapter is the "
-        "'model') and /v1/classify; GET /health and /metrics; POST /admin/adapters and "
-        "DELETE /admin/adapters/NAME with the admin token. Concurrent requests for "
-        "different adapters share one forward pass.",
+        "'model') and /v1/classify; GET /health and /metrics (Prometheus); with the "
+        "admin token POST /admin/adapters, DELETE /admin/adapters/NAME and vLLM's "
+        "/v1/load_lora_adapter and /v1/unload_lora_adapter. Concurrent requests for "
+        "different adapters share one forward pass. SIGTERM or Ctrl-C drains in-flight "
+        "requests, then exits.",
     )
     parser.add_argument(
         "--adapter",

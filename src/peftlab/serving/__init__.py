@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from peftlab.serving.api import Limits
 from peftlab.serving.batcher import Batcher
 from peftlab.serving.engine import Engine, ServeError, check_name
-from peftlab.serving.http import Limits, Server
+from peftlab.serving.server import Connections, Server
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -32,12 +33,14 @@ def start(
     queue_size: int = 256,
     limits: Limits | None = None,
     precision: str = "auto",
+    connections: Connections | None = None,
 ) -> Server:
-    """Load the base model and adapters, start the batcher; the caller serves forever."""
+    """Load the base model and adapters, start the batcher, bind the socket; the caller
+    then calls serve() (blocking) or start() (a background thread)."""
     engine = Engine(adapters, base, precision=precision)
     batcher = Batcher(engine, max_batch, max_wait_ms / 1000, queue_size).start()
     try:
-        return Server((host, port), engine, batcher, limits or Limits(), admin_token)
-    except OSError as exc:
+        return Server(engine, batcher, host, port, limits or Limits(), admin_token, connections)
+    except ServeError:
         batcher.stop()
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise

@@ -5,7 +5,9 @@ job, gathers whatever else arrives within `max_wait_s` (up to `max_batch`), and 
 classification and generation jobs as one batch each, whatever adapters they name.
 Admin actions (load/unload) go through the same queue and run alone, between batches,
 so a batch never sees its adapters change. A full queue refuses at once (HTTP 503)
-rather than growing without limit.
+rather than growing without limit. A job whose request gave up (client gone, deadline
+passed) cancels its future and is dropped when its batch is gathered: only work someone
+still waits for is computed.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ class Job:
     text: str = ""
     max_tokens: int = 0
     action: Callable | None = None  # admin jobs
+    deadline: float = float("inf")  # time.monotonic() after which nobody waits for it
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def take(self) -> bool:
+        """Claim the job for a batch; False if its request gave up (cancelled or late)."""
+        if time.monotonic() > self.deadline:
+            self.future.cancel()
+        return self.future.set_running_or_notify_cancel()
 
 
 class QueueFull(Exception):
@@ -42,6 +51,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.metrics = metrics or Metrics()
+        self.metrics.queue_depth.set_function(self.jobs.qsize)
         self.thread = threading.Thread(target=self.loop, name="peftlab-batcher", daemon=True)
         self.held: Job | None = None  # an admin job that ended the last gathering
         self.stopping = False
@@ -101,7 +111,9 @@ class Batcher:
 
     def run(self, kind: str, jobs: list[Job]) -> None:
         started = time.perf_counter()
-        jobs = [job for job in jobs if self.still_served(job)]
+        taken = [job for job in jobs if job.take()]
+        self.metrics.dropped.inc(len(jobs) - len(taken))
+        jobs = [job for job in taken if self.still_served(job)]
         if not jobs:
             return
         names = [j.model for j in jobs]
@@ -131,6 +143,8 @@ class Batcher:
 
 
 def run_admin(job: Job) -> None:
+    if not job.take():
+        return
     try:
         job.future.set_result(job.action())
     except Exception as exc:

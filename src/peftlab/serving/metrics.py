@@ -1,70 +1,80 @@
-"""Counters for GET /metrics: requests, errors, latency, batch sizes, per adapter."""
+"""GET /metrics in Prometheus' text format (prometheus_client), one registry per server.
+
+Per model (adapter or base) and endpoint: requests by HTTP status, latency histogram,
+prompt and completion tokens; for the batcher: batch sizes, batch time, queue depth and
+requests refused because the queue was full.
+"""
 
 from __future__ import annotations
 
-import statistics
-import threading
 import time
-from collections import Counter, defaultdict, deque
 
-WINDOW = 2000  # latencies kept per model for the percentiles
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 (re-export)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
     def __init__(self):
-        self.lock = threading.Lock()
         self.started = time.time()
-        self.requests: Counter = Counter()
-        self.errors: Counter = Counter()
-        self.latency: dict[str, deque] = defaultdict(lambda: deque(maxlen=WINDOW))
-        self.batch_sizes: Counter = Counter()
-        self.batch_seconds = 0.0
-        self.batches = 0
-        self.rejected_full = 0
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "peftlab_requests", "Requests answered", ["model", "endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "peftlab_request_seconds",
+            "Time from a request's arrival to its answer",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "peftlab_tokens", "Tokens read and written", ["model", "kind"], registry=r
+        )
+        self.batch_size = Histogram(
+            "peftlab_batch_size", "Requests per batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "peftlab_batch_seconds", "Time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.rejected = Counter(
+            "peftlab_queue_full_rejections", "Requests refused: the queue was full", registry=r
+        )
+        self.dropped = Counter(
+            "peftlab_dropped_jobs",
+            "Queued jobs dropped before running: client gone or deadline passed",
+            registry=r,
+        )
+        self.queue_depth = Gauge("peftlab_queue_depth", "Jobs waiting for a batch", registry=r)
 
-    def request(self, model: str, seconds: float, ok: bool) -> None:
-        with self.lock:
-            self.requests[model] += 1
-            if not ok:
-                self.errors[model] += 1
-            self.latency[model].append(seconds)
+    def request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.latency.labels(model, endpoint).observe(seconds)
+
+    def usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.tokens.labels(model, "prompt").inc(prompt_tokens)
+        self.tokens.labels(model, "completion").inc(completion_tokens)
 
     def batch(self, size: int, seconds: float) -> None:
-        with self.lock:
-            self.batches += 1
-            self.batch_sizes[size] += 1
-            self.batch_seconds += seconds
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
 
     def queue_full(self) -> None:
-        with self.lock:
-            self.rejected_full += 1
+        self.rejected.inc()
 
-    def snapshot(self) -> dict:
-        with self.lock:
-            models = {}
-            for model, count in self.requests.items():
-                values = sorted(self.latency[model])
-                models[model] = {
-                    "requests": count,
-                    "errors": self.errors[model],
-                    "latency_ms": {
-                        "mean": round(1000 * statistics.fmean(values), 2),
-                        "p50": round(1000 * values[len(values) // 2], 2),
-                        "p95": round(
-                            1000 * values[min(len(values) - 1, int(len(values) * 0.95))], 2
-                        ),
-                    },
-                }
-            sizes = self.batch_sizes
-            total = sum(size * n for size, n in sizes.items())
-            return {
-                "uptime_s": round(time.time() - self.started, 1),
-                "models": models,
-                "batches": {
-                    "count": self.batches,
-                    "mean_size": round(total / self.batches, 3) if self.batches else 0,
-                    "sizes": {str(k): v for k, v in sorted(sizes.items())},
-                    "busy_s": round(self.batch_seconds, 3),
-                },
-                "rejected_queue_full": self.rejected_full,
-            }
+    def mean_batch_size(self) -> float:
+        """Requests per batch so far (the benchmark's figure)."""
+        count = total = 0.0
+        for metric in self.batch_size.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count"):
+                    count = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+        return round(total / count, 3) if count else 0.0
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,354 @@
+"""The HTTP face of `peftlab serve` (FastAPI): the OpenAI API convention for many adapters.
+
+GET /v1/models lists the base model and every adapter; POST /v1/completions and
+/v1/chat/completions pick the adapter by `model` (as vLLM and LoRAX do); POST
+/v1/classify returns labels and probabilities from classification adapters. Admin
+endpoints load and unload adapters behind a bearer token: peftlab's own
+(/admin/adapters) and vLLM's (/v1/load_lora_adapter, /v1/unload_lora_adapter).
+
+Every error, the framework's own 404/405 included, is OpenAI's JSON error shape, and the
+request body is always read to its end (or the connection closed by uvicorn), so a pooled
+connection stays usable after any refusal. Requests wait for the batcher without a
+thread each; one whose client hangs up or whose deadline passes leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from peftlab.errors import PeftlabError
+from peftlab.serving import schemas
+from peftlab.serving.batcher import Batcher, Job, QueueFull
+from peftlab.serving.engine import Engine, ServeError, check_name
+from peftlab.serving.metrics import CONTENT_TYPE
+
+MAX_BODY_BYTES = 1 << 20
+JSON_TYPES = ("application/json", "")  # "": a client that names no type sends JSON anyway
+CLIENT_GONE = 499  # nginx's status for "the client closed the connection first"
+
+
+@dataclass
+class Limits:
+    max_input_tokens: int = 8192
+    max_new_tokens: int = 256
+    timeout_s: float = 120.0
+
+
+class ClientGone(Exception):
+    pass
+
+
+def error_body(status: int, message: str) -> dict:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status_code=status)
+
+
+def build_app(engine: Engine, batcher: Batcher, limits: Limits, admin_token: str | None):
+    app = FastAPI(title="peftlab serve", version="1", docs_url=None, redoc_url=None)
+    service = Service(engine, batcher, limits, admin_token)
+    add_error_handlers(app, batcher)
+    app.add_middleware(CountRequests, metrics=batcher.metrics)
+    add_routes(app, service)
+    return app
+
+
+def add_error_handlers(app: FastAPI, batcher: Batcher) -> None:
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError):
+        return error_response(exc.status, str(exc))
+
+    @app.exception_handler(PeftlabError)
+    async def refused(request: Request, exc: PeftlabError):  # e.g. an admin load's bad folder
+        return error_response(400, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return error_response(404, f"no route {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull):
+        batcher.metrics.queue_full()
+        return error_response(503, "server busy: the request queue is full; retry shortly")
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone):
+        return Response(status_code=CLIENT_GONE)  # nobody reads it; the metrics count it
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):  # a bug must not take the server down
+        return error_response(500, f"{type(exc).__name__}: {exc}")
+
+
+class CountRequests:
+    """ASGI middleware: every request's status and latency into the metrics, labelled by
+    the served model it named ("-" for none or an unknown one: labels stay bounded).
+    Pure ASGI rather than @app.middleware("http"), which would wrap the response stream
+    and hide a client's disconnect from the endpoint."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            model = scope.get("state", {}).get("model", "-")
+            seconds = time.perf_counter() - started
+            self.metrics.request(model, getattr(route, "path", "other"), status[0], seconds)
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, at most MAX_BODY_BYTES (413 beyond), sent as JSON (415 otherwise)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in JSON_TYPES:
+        raise ServeError(
+            f"the body must be JSON (Content-Type: application/json), not {kind!r}", 415
+        )
+    length = request.headers.get("content-length")
+    if length is not None and int(length) > MAX_BODY_BYTES:  # h11 checked it is a number
+        raise ServeError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ServeError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class Service:
+    """What the routes do, with the engine, the batcher and the limits they share."""
+
+    def __init__(self, engine: Engine, batcher: Batcher, limits: Limits, admin_token):
+        self.engine, self.batcher, self.limits = engine, batcher, limits
+        self.admin_token = admin_token
+
+    async def body(self, request: Request, model: type[schemas.Request]) -> schemas.Request:
+        body = schemas.parse(model, await read_body(request))
+        if getattr(body, "model", None) in self.model_ids():
+            request.state.model = body.model
+        return body
+
+    async def wait(self, request: Request, jobs: list[Job]) -> list:
+        """Submit the jobs and wait for their results; a client that hangs up or a
+        deadline that passes cancels them (still-queued jobs are then dropped)."""
+        futures = [self.batcher.submit(job) for job in jobs]
+        gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            done, _ = await asyncio.wait(
+                {gathered, gone}, timeout=self.limits.timeout_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            gone.cancel()
+        if gathered in done and not any(f.cancelled() for f in futures):
+            return gathered.result()
+        for future in futures:
+            future.cancel()
+        gathered.cancel()
+        if gone in done:
+            raise ClientGone
+        raise ServeError("the request timed out waiting for the model", 504)
+
+    async def run_jobs(self, request, kind: str, model: str, texts: list[str], max_tokens=0):
+        self.engine.check(model, kind)
+        for text in texts:
+            count = await run_in_threadpool(self.engine.count_tokens, text)
+            if count > self.limits.max_input_tokens:
+                raise ServeError(
+                    f"input has {count} tokens; the limit is {self.limits.max_input_tokens}"
+                )
+        deadline = time.monotonic() + self.limits.timeout_s
+        jobs = [Job(kind, model, text, max_tokens, deadline=deadline) for text in texts]
+        results = await self.wait(request, jobs)
+        usage = [(r.get("prompt_tokens", 0), r.get("completion_tokens", 0)) for r in results]
+        self.batcher.metrics.usage(model, sum(u[0] for u in usage), sum(u[1] for u in usage))
+        return results
+
+    def max_tokens(self, body: schemas.Generation) -> int:
+        slot = self.engine.slot(body.model)
+        default = slot.package.config.task.max_new_tokens if slot else 16
+        value = body.max_tokens or body.max_completion_tokens or default
+        limit = self.limits.max_new_tokens
+        if value > limit:
+            raise ServeError(f"max_tokens {value} is out of range; use 1 to {limit}")
+        return value
+
+    async def answer(self, request, body: schemas.Generation, texts: list[str]) -> list[dict]:
+        """Completions for generation models; the label, as text, for classifiers."""
+        slot = self.engine.slot(body.model)
+        if slot is not None and slot.kind == "classification":
+            results = await self.run_jobs(request, "classify", body.model, texts)
+            return [
+                {
+                    "text": r["label"],
+                    "prompt_tokens": 0,
+                    "completion_tokens": 1,
+                    "finish_reason": "stop",
+                    "probabilities": r["probabilities"],
+                }
+                for r in results
+            ]
+        max_tokens = self.max_tokens(body)
+        return await self.run_jobs(request, "generate", body.model, texts, max_tokens)
+
+    def authorize(self, request: Request) -> None:
+        if not self.admin_token:
+            raise ServeError("admin endpoints are off; start the server with --admin-token", 403)
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            raise ServeError("admin endpoints need 'Authorization: Bearer <admin token>'", 401)
+
+    async def admin(self, request: Request, action) -> object:
+        (result,) = await self.wait(request, [Job("admin", action=action)])
+        return result
+
+    def model_ids(self) -> list[str]:
+        return [row["id"] for row in self.engine.describe()]
+
+
+def add_routes(app: FastAPI, service: Service) -> None:
+    add_generation_routes(app, service)
+    add_info_routes(app, service)
+    add_admin_routes(app, service)
+
+
+def add_generation_routes(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await service.body(request, schemas.Completion)
+        results = await service.answer(request, body, schemas.texts_of(body.prompt, "prompt"))
+        choices = [
+            {"index": i, "text": r["text"], "logprobs": None, "finish_reason": r["finish_reason"]}
+            for i, r in enumerate(results)
+        ]
+        return envelope("text_completion", body.model, choices, results)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await service.body(request, schemas.Chat)
+        text = schemas.last_user_message(body.messages)
+        (result,) = await service.answer(request, body, [text])
+        choices = [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result["text"]},
+                "finish_reason": result["finish_reason"],
+            }
+        ]
+        return envelope("chat.completion", body.model, choices, [result])
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        body = await service.body(request, schemas.Classify)
+        texts = schemas.texts_of(body.input, "input")
+        results = await service.run_jobs(request, "classify", body.model, texts)
+        data = [{"index": i, **r} for i, r in enumerate(results)]
+        return {"object": "list", "model": body.model, "data": data}
+
+
+def add_info_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/v1/models")
+    async def models():
+        created = int(service.batcher.metrics.started)
+        data = [
+            {"object": "model", "created": created, "owned_by": "peftlab", **row}
+            for row in service.engine.describe()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": service.model_ids()}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(service.batcher.metrics.text(), media_type=CONTENT_TYPE)
+
+
+def add_admin_routes(app: FastAPI, service: Service) -> None:
+    engine = service.engine
+
+    async def load(request: Request, name: str, path: str) -> list[str]:
+        check_name(name)
+        await service.admin(request, lambda: engine.load(name, path))
+        return service.model_ids()
+
+    async def unload(request: Request, name: str) -> list[str]:
+        await service.admin(request, lambda: engine.unload(name))
+        return service.model_ids()
+
+    @app.post("/admin/adapters", status_code=201)
+    async def admin_load(request: Request):
+        service.authorize(request)
+        body = await service.body(request, schemas.AdapterLoad)
+        return {"loaded": body.name, "models": await load(request, body.name, body.path)}
+
+    @app.delete("/admin/adapters/{name}")
+    async def admin_unload(request: Request, name: str):
+        service.authorize(request)
+        return {"unloaded": name, "models": await unload(request, name)}
+
+    @app.post("/v1/load_lora_adapter")
+    async def vllm_load(request: Request):
+        service.authorize(request)
+        body = await service.body(request, schemas.VllmAdapterLoad)
+        models = await load(request, body.lora_name, body.lora_path)
+        return {"message": f"adapter '{body.lora_name}' loaded", "models": models}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def vllm_unload(request: Request):
+        service.authorize(request)
+        body = await service.body(request, schemas.VllmAdapterUnload)
+        models = await unload(request, body.lora_name)
+        return {"message": f"adapter '{body.lora_name}' unloaded", "models": models}
+
+
+def envelope(kind: str, model: str, choices: list, results: list[dict]) -> dict:
+    prompt = sum(r.get("prompt_tokens", 0) for r in results)
+    completion = sum(r.get("completion_tokens", 0) for r in results)
+    return {
+        "id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
