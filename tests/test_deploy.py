@@ -147,8 +147,15 @@ def newer_format(folder):
     (folder / "peftlab.json").write_text(json.dumps(manifest))
 
 
+def edit_target_modules(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["target_modules"] = ["q_proj"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
 WEIGHTS = "adapter_model.safetensors"
 DAMAGES = {
+    "edited adapter config": (edit_target_modules, "adapter_config.json is damaged"),
     "no manifest": (lambda f: (f / "peftlab.json").unlink(), "no peftlab.json"),
     "missing weights": (lambda f: (f / WEIGHTS).unlink(), f"missing {WEIGHTS}"),
     "truncated": (lambda f: truncate(f / WEIGHTS), "damaged"),

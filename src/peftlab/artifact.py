@@ -17,9 +17,14 @@ MANIFEST_VERSION = 1
 NATIVE_WEIGHTS = "peftlab_weights.safetensors"
 
 
+HASHED_CONFIGS = ("adapter_config.json",)  # an edited target_modules changes the model
+
+
 def weight_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every weight file: lets a loader tell a truncated or altered file."""
-    return {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))}
+    """sha256 of every weight file and of peft's adapter config: lets a loader tell a
+    truncated or altered file."""
+    files = [*folder.glob("*.safetensors"), *(folder / n for n in HASHED_CONFIGS)]
+    return {p.name: sha256_file(p) for p in sorted(files) if p.is_file()}
 
 
 def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> dict:

@@ -105,7 +105,8 @@ def read_manifest(folder: Path) -> dict:
 
 
 def check_files(folder: Path, manifest: dict, allow_pickle: bool) -> None:
-    """Every weight file the manifest lists exists and has its recorded sha256."""
+    """Every file the manifest lists (weights, peft's adapter config) exists and has its
+    recorded sha256."""
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled and not allow_pickle:
         raise AdapterError(
