@@ -137,11 +137,11 @@ BAD_REQUESTS = [
     ("not a classifier", "/v1/classify", {"model": "summary", "input": "x"}, 400, "classif"),
     ("no user message", "/v1/chat/completions", {"model": "summary", "messages": []}, 400, "user"),
     (
-        "streaming",
+        "unsupported field",
         "/v1/completions",
-        {"model": "summary", "prompt": "x", "stream": True},
+        {"model": "summary", "prompt": "x", "suffix": "y"},
         400,
-        "stream",
+        "'suffix' is not supported",
     ),
     ("unknown route", "/v1/embeddings", {"model": "summary", "input": "x"}, 404, "no route"),
 ]

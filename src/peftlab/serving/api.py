@@ -17,17 +17,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from peftlab.errors import PeftlabError
-from peftlab.serving import schemas
-from peftlab.serving.batcher import Batcher, Job, QueueFull
+from peftlab.serving import completions, schemas
+from peftlab.serving.batcher import Abandoned, Batcher, Job, QueueFull
+from peftlab.serving.decoding import Sequence
 from peftlab.serving.engine import Engine, ServeError, check_name
 from peftlab.serving.metrics import CONTENT_TYPE
 
@@ -176,27 +176,30 @@ class Service:
             gone.cancel()
         if gathered in done and not any(f.cancelled() for f in futures):
             return gathered.result()
-        for future in futures:
-            future.cancel()
+        for job in jobs:
+            job.abandon()
         gathered.cancel()
         if gone in done:
             raise ClientGone
         raise ServeError("the request timed out waiting for the model", 504)
 
-    async def run_jobs(self, request, kind: str, model: str, texts: list[str], max_tokens=0):
-        self.engine.check(model, kind)
+    async def check_inputs(self, texts: list[str]) -> None:
         for text in texts:
             count = await run_in_threadpool(self.engine.count_tokens, text)
             if count > self.limits.max_input_tokens:
                 raise ServeError(
                     f"input has {count} tokens; the limit is {self.limits.max_input_tokens}"
                 )
-        deadline = time.monotonic() + self.limits.timeout_s
-        jobs = [Job(kind, model, text, max_tokens, deadline=deadline) for text in texts]
-        results = await self.wait(request, jobs)
-        usage = [(r.get("prompt_tokens", 0), r.get("completion_tokens", 0)) for r in results]
-        self.batcher.metrics.usage(model, sum(u[0] for u in usage), sum(u[1] for u in usage))
-        return results
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.limits.timeout_s
+
+    async def classify(self, request, model: str, texts: list[str]) -> list[dict]:
+        self.engine.check(model, "classify")
+        await self.check_inputs(texts)
+        deadline = self.deadline()
+        jobs = [Job("classify", model, text, deadline=deadline) for text in texts]
+        return await self.wait(request, jobs)
 
     def max_tokens(self, body: schemas.Generation) -> int:
         slot = self.engine.slot(body.model)
@@ -207,23 +210,111 @@ class Service:
             raise ServeError(f"max_tokens {value} is out of range; use 1 to {limit}")
         return value
 
-    async def answer(self, request, body: schemas.Generation, texts: list[str]) -> list[dict]:
-        """Completions for generation models; the label, as text, for classifiers."""
-        slot = self.engine.slot(body.model)
-        if slot is not None and slot.kind == "classification":
-            results = await self.run_jobs(request, "classify", body.model, texts)
+    def generation_jobs(self, body: schemas.Generation, texts: list[str]) -> list[Job]:
+        """n jobs per text: decoded step by step (decoders), or whole (encoder-decoders)."""
+        max_tokens, deadline = self.max_tokens(body), self.deadline()
+        if not self.engine.continuous:
+            completions.refuse_decoding_fields(body, "encoder-decoder")
             return [
-                {
-                    "text": r["label"],
-                    "prompt_tokens": 0,
-                    "completion_tokens": 1,
-                    "finish_reason": "stop",
-                    "probabilities": r["probabilities"],
-                }
-                for r in results
+                Job("generate", body.model, t, max_tokens=max_tokens, deadline=deadline)
+                for t in texts
             ]
-        max_tokens = self.max_tokens(body)
-        return await self.run_jobs(request, "generate", body.model, texts, max_tokens)
+        samplings = completions.sampling_of(body, max_tokens)
+        return [
+            Job("generate", body.model, t, sequence=Sequence(body.model, [], s), deadline=deadline)
+            for t in texts
+            for s in samplings
+        ]
+
+    async def answers(self, request, body: schemas.Generation, texts: list[str]):
+        """(jobs, answers): answers None for a stream, whose jobs are then submitted."""
+        await self.check_inputs(texts)
+        slot = self.engine.slot(body.model)
+        if slot is not None and slot.kind == "classification":  # answers with its label
+            completions.refuse_decoding_fields(body, "classification")
+            results = await self.classify(request, body.model, texts)
+            return None, [label_answer(r) for r in results]
+        jobs = self.generation_jobs(body, texts)
+        if body.stream:
+            return jobs, None
+        results = await self.wait(request, jobs)
+        answers = [r if isinstance(r, dict) else completions.outcome(r) for r in results]
+        self.count_usage(body, answers)
+        return jobs, answers
+
+    def count_usage(self, body: schemas.Generation, answers: list[dict]) -> None:
+        used = completions.usage(answers, body.n)
+        self.batcher.metrics.usage(body.model, used["prompt_tokens"], used["completion_tokens"])
+
+    async def respond(self, request, body, texts: list[str], chat: bool):
+        jobs, answers = await self.answers(request, body, texts)
+        tokenizer = self.engine.tokenizer
+        if body.stream:
+            chunks = completions.Chunks(tokenizer, body, chat, texts)
+            events = self.stream(chunks, jobs) if answers is None else self.replay(chunks, answers)
+            return StreamingResponse(events, media_type="text/event-stream")
+        if chat:
+            choices = completions.chat_choices(tokenizer, body, answers)
+            return completions.envelope("chat.completion", body.model, choices, answers, body.n)
+        choices = completions.completion_choices(tokenizer, body, texts, answers)
+        return completions.envelope("text_completion", body.model, choices, answers, body.n)
+
+    async def replay(self, chunks: completions.Chunks, answers: list[dict]):
+        """A stream of answers that were whole at once (a classifier's labels)."""
+        for event in chunks.opening():
+            yield event
+        for index, answer in enumerate(answers):
+            yield chunks.update(index, answer["text"], [], [], answer["finish_reason"])
+        for event in chunks.closing(answers):
+            yield event
+
+    def stream(self, chunks: completions.Chunks, jobs: list[Job]):
+        """Each choice's new text as its sequence decodes; a client that hangs up (the
+        response is cancelled) stops its sequences at the next step."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+
+        def report(index: int):
+            def on_step(seq) -> None:  # on the batcher's thread
+                state = (index, seq.visible_text(), list(seq.tokens), list(seq.logprobs))
+                loop.call_soon_threadsafe(updates.put_nowait, (*state, seq.finish_reason))
+
+            return on_step
+
+        for index, job in enumerate(jobs):
+            job.sequence.on_step = report(index)
+        futures = [self.batcher.submit(job) for job in jobs]
+        for index, future in enumerate(futures):
+            future.add_done_callback(
+                lambda f, i=index: loop.call_soon_threadsafe(updates.put_nowait, (i, None))
+            )
+        return self.events(chunks, jobs, futures, updates)
+
+    async def events(self, chunks, jobs, futures, updates):
+        answers: dict[int, dict] = {}
+        try:
+            for event in chunks.opening():
+                yield event
+            while len(answers) < len(jobs):
+                index, *state = await updates.get()
+                if state[0] is None:  # its future settled: an error, or after its finish
+                    future = futures[index]
+                    if future.cancelled() or future.exception() is not None:
+                        yield chunks.error(*failure(future))
+                        return
+                    continue
+                event = chunks.update(index, *state)
+                if event is not None:
+                    yield event
+                if state[-1] is not None:
+                    answers[index] = completions.outcome(jobs[index].sequence)
+            ordered = [answers[i] for i in range(len(jobs))]
+            self.count_usage(chunks.body, ordered)
+            for event in chunks.closing(ordered):
+                yield event
+        finally:
+            for job in jobs:
+                job.abandon()  # a no-op for the finished ones
 
     def authorize(self, request: Request) -> None:
         if not self.admin_token:
@@ -248,34 +339,24 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
 def add_generation_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/completions")
-    async def completions(request: Request):
+    async def completions_route(request: Request):
         body = await service.body(request, schemas.Completion)
-        results = await service.answer(request, body, schemas.texts_of(body.prompt, "prompt"))
-        choices = [
-            {"index": i, "text": r["text"], "logprobs": None, "finish_reason": r["finish_reason"]}
-            for i, r in enumerate(results)
-        ]
-        return envelope("text_completion", body.model, choices, results)
+        if body.echo and body.logprobs is not None:
+            raise ServeError("'echo' with 'logprobs' is not supported; ask for one of them")
+        texts = schemas.texts_of(body.prompt, "prompt")
+        return await service.respond(request, body, texts, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await service.body(request, schemas.Chat)
         text = schemas.last_user_message(body.messages)
-        (result,) = await service.answer(request, body, [text])
-        choices = [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result["text"]},
-                "finish_reason": result["finish_reason"],
-            }
-        ]
-        return envelope("chat.completion", body.model, choices, [result])
+        return await service.respond(request, body, [text], chat=True)
 
     @app.post("/v1/classify")
     async def classify(request: Request):
         body = await service.body(request, schemas.Classify)
         texts = schemas.texts_of(body.input, "input")
-        results = await service.run_jobs(request, "classify", body.model, texts)
+        results = await service.classify(request, body.model, texts)
         data = [{"index": i, **r} for i, r in enumerate(results)]
         return {"object": "list", "model": body.model, "data": data}
 
@@ -337,18 +418,22 @@ def add_admin_routes(app: FastAPI, service: Service) -> None:
         return {"message": f"adapter '{body.lora_name}' unloaded", "models": models}
 
 
-def envelope(kind: str, model: str, choices: list, results: list[dict]) -> dict:
-    prompt = sum(r.get("prompt_tokens", 0) for r in results)
-    completion = sum(r.get("completion_tokens", 0) for r in results)
+def label_answer(result: dict) -> dict:
+    """A classifier's answer to a completion: its label, as text."""
     return {
-        "id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
-        "object": kind,
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "text": result["label"],
+        "prompt_tokens": 0,
+        "completion_tokens": 1,
+        "finish_reason": "stop",
+        "probabilities": result["probabilities"],
     }
+
+
+def failure(future) -> tuple[int, str]:
+    """(status, message) for a stream whose job failed or was given up."""
+    error = None if future.cancelled() else future.exception()
+    if error is None or isinstance(error, Abandoned):
+        return 504, "the request ran past its deadline"
+    if isinstance(error, ServeError):
+        return error.status, str(error)
+    return 500, f"{type(error).__name__}: {error}"

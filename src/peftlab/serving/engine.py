@@ -3,8 +3,9 @@
 Requests for different adapters share one forward pass: peft's mixed-adapter batches
 (`adapter_names=[...]`, one name per row, "__base__" for the bare base model) for LoRA;
 methods peft cannot mix (DoRA, IA3) are run one adapter group at a time, still batched.
-Only the batcher's worker thread calls into an Engine, so adapters never change while a
-batch is running.
+Generation on decoders is continuous (decoding.py); classification is one pass. Only the
+batcher's worker thread calls into an Engine, so adapters never change while a batch is
+running.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Engine:
             raise ServeError(f"'{folder}' needs a different model head ({info.head})")
         task = build_task(cfg, info, package.task_data(), self.tokenizer)
         if isinstance(self.model, PeftModel):
+            self.check_same_peft_type(name, package)
             self.model.load_adapter(str(package.folder), adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(
@@ -140,6 +142,20 @@ class Engine:
         )
         slot = self.slots[name] = Slot(name, package, task, mixable)
         return slot
+
+    def check_same_peft_type(self, name: str, package: AdapterPackage) -> None:
+        """peft keeps one tuner type per model: LoRA and DoRA adapters share a base, IA3
+        adapters share another."""
+        kind = "ia3" if package.config.method.name == "ia3" else "lora"
+        for other in self.slots.values():
+            other_kind = "ia3" if other.package.config.method.name == "ia3" else "lora"
+            if other_kind != kind:
+                raise ServeError(
+                    f"adapter '{name}' is {package.config.method.name} and '{other.name}' is "
+                    f"{other.package.config.method.name}: one server holds LoRA/DoRA adapters "
+                    "or IA3 adapters, not both yet; serve the others from a second server",
+                    409,
+                )
 
     def unload(self, name: str) -> None:
         if name not in self.slots:
@@ -212,6 +228,19 @@ class Engine:
                 real += lengths[i]
             groups.append(group)
         return groups
+
+    @property
+    def continuous(self) -> bool:
+        """Generation joins a running batch per step (decoders); encoder-decoders
+        generate whole requests."""
+        return self.info.kind != "seq2seq"
+
+    def lane_of(self, name: str) -> str:
+        """The running batch a sequence for `name` decodes in (decoding.Decoder): one for
+        everything that mixes in a forward pass, one per adapter that cannot."""
+        if name == self.base_name or (self.mix and self.slots[name].mixable):
+            return "mixed"
+        return name
 
     def adapter_context(self, names: list[str]):
         """(context, forward kwargs) for one group from groups(): the bare base, one active

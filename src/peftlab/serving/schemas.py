@@ -9,7 +9,7 @@ lone surrogates, so no body can raise anything but a validation error.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -22,17 +22,44 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+MAX_N = 16  # choices per prompt
+MAX_STOPS = 4  # as OpenAI
+
+
+class StreamOptions(Request):
+    include_usage: bool = False
+
+
 class Generation(Request):
     model: str
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    stream: Literal[False] = False
-    n: Literal[1] = 1
+    # Unlike OpenAI's default of 1, no temperature means greedy decoding: the answer
+    # `peftlab predict` gives for the same input.
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extension; -1 or 0: off
+    seed: int | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None  # the caller's end-user id: metadata, as OpenAI treats it
+
+    def stops(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if any(not s for s in stops):
+            raise ServeError("field 'stop' holds an empty string")
+        return tuple(stops)
 
 
 class Completion(Generation):
     prompt: str | list[str]
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    echo: bool = False
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(BaseModel):
@@ -51,6 +78,13 @@ class Message(BaseModel):
 
 class Chat(Generation):
     messages: list[Message]
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    def logprob_count(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ServeError("field 'top_logprobs' needs 'logprobs': true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class Classify(Request):
@@ -93,8 +127,6 @@ def explain(error: dict) -> str:
         return f"missing required field '{where}'"
     if kind == "extra_forbidden":
         return f"field '{where}' is not supported by peftlab serve; leave it out"
-    if kind == "literal_error" and where in ("stream", "n"):
-        return f"field '{where}' = {error['input']!r} is not supported; leave it out"
     return f"field '{where}': {error['msg']}"
 
 
