@@ -70,3 +70,17 @@ def adapters(tiny_llama, sentiment_csv, tmp_path_factory):
         argv = ["run", "--model", str(tiny_llama), "--out", str(root / name), *SERVE_TRAIN, *extra]
         assert main(argv) == 0
     return {name: str(root / name / "adapter") for name in runs}
+
+
+SERVE_TOKEN = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def server(adapters):
+    """`peftlab serve` on a free loopback port with both adapters and the admin token."""
+    from peftlab.serving import Limits, start
+
+    limits = Limits(max_input_tokens=512, max_new_tokens=128)
+    server = start(adapters, port=0, admin_token=SERVE_TOKEN, max_wait_ms=20, limits=limits)
+    yield server.start()
+    server.stop()

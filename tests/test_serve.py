@@ -9,21 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import tiny
+from conftest import SERVE_TOKEN as TOKEN
 
 from peftlab.inference import Predictor
 from peftlab.package import open_package
-from peftlab.serving import Limits, start
 from peftlab.serving.batcher import Batcher, Job, QueueFull
-
-TOKEN = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def server(adapters):
-    limits = Limits(max_input_tokens=512, max_new_tokens=64)
-    server = start(adapters, port=0, admin_token=TOKEN, max_wait_ms=20, limits=limits).start()
-    yield server
-    server.stop()
 
 
 def call(server, method, path, body=None, raw: bytes | None = None, headers=None):

@@ -8,15 +8,7 @@ import time
 
 import pytest
 
-from peftlab.serving import Limits, ServeError, start
-
-
-@pytest.fixture(scope="module")
-def server(adapters):
-    limits = Limits(max_input_tokens=512, max_new_tokens=128)
-    server = start(adapters, port=0, max_wait_ms=5, limits=limits).start()
-    yield server
-    server.stop()
+from peftlab.serving import ServeError, start
 
 
 @pytest.fixture(scope="module")

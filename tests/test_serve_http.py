@@ -11,20 +11,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import SERVE_TOKEN as TOKEN
 
 from peftlab.inference import Predictor
 from peftlab.package import open_package
-from peftlab.serving import Limits, start
-
-TOKEN = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def server(adapters):
-    limits = Limits(max_input_tokens=512, max_new_tokens=64)
-    server = start(adapters, port=0, admin_token=TOKEN, max_wait_ms=5, limits=limits).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
