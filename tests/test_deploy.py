@@ -156,7 +156,10 @@ def edit_target_modules(folder):
 WEIGHTS = "adapter_model.safetensors"
 DAMAGES = {
     "edited adapter config": (edit_target_modules, "adapter_config.json is damaged"),
-    "no manifest": (lambda f: (f / "peftlab.json").unlink(), "no peftlab.json"),
+    "no manifest": (  # without adapter_config.json either: not a plain peft folder
+        lambda f: [(f / n).unlink() for n in ("peftlab.json", "adapter_config.json")],
+        "no peftlab.json",
+    ),
     "missing weights": (lambda f: (f / WEIGHTS).unlink(), f"missing {WEIGHTS}"),
     "truncated": (lambda f: truncate(f / WEIGHTS), "damaged"),
     "corrupted": (lambda f: flip_last_byte(f / WEIGHTS), "damaged"),

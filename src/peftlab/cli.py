@@ -167,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from peftlab.inference import Predictor, read_inputs
     from peftlab.package import open_package
 
-    package = open_package(args.adapter, args.allow_pickle)
+    package = open_package(args.adapter, args.allow_pickle, base=args.base)
     inputs = list(args.texts)
     if args.input:
         columns = package.manifest.get("columns") or ["text"]

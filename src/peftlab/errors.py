@@ -24,6 +24,10 @@ class AssetError(PeftlabError):
     """A model or dataset cannot be found or loaded."""
 
 
+class AdapterError(PeftlabError):
+    """A saved adapter folder cannot be used as it is."""
+
+
 class TrialPruned(Exception):
     """A tuning trial stopped by its pruner: not a failure, a verdict."""
 

@@ -33,7 +33,7 @@ SAMPLE_INPUTS = [
 
 
 def merge(adapter: Path, out: Path, base: str | None, tolerance: float) -> dict:
-    package = open_package(adapter)
+    package = open_package(adapter, base=base)
     method = get_method(package.method)
     if method.merge:
         raise PeftlabError(f"cannot merge {method.name}: {method.merge}")

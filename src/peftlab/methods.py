@@ -499,14 +499,18 @@ def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: 
     if method.kind == "peft":
         from peft import PeftModel
 
+        from peftlab.peft_folders import check_fits
+
         try:
-            return PeftModel.from_pretrained(base, folder)
+            model = PeftModel.from_pretrained(base, folder)
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise PeftlabError(
                 f"peft cannot load the adapter in '{folder}' ({type(exc).__name__}: "
                 f"{first_line(exc)}); its adapter_config.json or weights do not fit this "
                 "base model"
             ) from None
+        check_fits(model, Path(folder))
+        return model
     if method.kind == "full":
         return type(base).from_pretrained(folder)
     model = method.attach(base, args, info)

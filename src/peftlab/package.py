@@ -14,19 +14,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftlab import peft_folders
 from peftlab.artifact import MANIFEST, MANIFEST_VERSION
 from peftlab.assets import ModelSource, model_fingerprint, sha256_file
 from peftlab.config import RunConfig, from_dict
 from peftlab.data import TaskData
-from peftlab.errors import PeftlabError
+from peftlab.errors import AdapterError
 from peftlab.failure import first_line
 
 REQUIRED_KEYS = ("base_model", "task", "method", "config", "files")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-class AdapterError(PeftlabError):
-    """A saved adapter folder cannot be used as it is."""
 
 
 @dataclass
@@ -60,11 +57,18 @@ class AdapterPackage:
         )
 
 
-def open_package(folder: str | Path, allow_pickle: bool = False) -> AdapterPackage:
+def open_package(
+    folder: str | Path, allow_pickle: bool = False, base: str | None = None
+) -> AdapterPackage:
+    """A peftlab adapter folder, or a plain peft one (no peftlab.json: its manifest is
+    written from adapter_config.json; `base` overrides the base model it names)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterError(f"adapter folder '{folder}' does not exist")
-    manifest = read_manifest(folder)
+    if not (folder / MANIFEST).is_file() and peft_folders.is_plain_peft(folder):
+        manifest = peft_folders.plain_manifest(folder, base)
+    else:
+        manifest = read_manifest(folder)
     check_files(folder, manifest, allow_pickle)
     return AdapterPackage(folder, manifest)
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from peftlab import assets, models
-from peftlab.errors import PeftlabError
+from peftlab.errors import AdapterError, PeftlabError
 from peftlab.package import AdapterPackage, check_base, open_package
+from peftlab.peft_folders import check_fits
 from peftlab.precision import autocast
 from peftlab.precision import resolve as resolve_precision
 from peftlab.tasks.classification import (
@@ -81,7 +82,7 @@ class Engine:
         self.allow_pickle = allow_pickle
         self.mix = mix  # False: one adapter per forward pass (the benchmark's comparison)
         self.precision = resolve_precision(precision)
-        first = open_package(next(iter(adapters.values())), allow_pickle)
+        first = open_package(next(iter(adapters.values())), allow_pickle, base)
         cfg = first.config
         self.base_name = base or cfg.model.name
         cfg.model.name = self.base_name
@@ -115,7 +116,7 @@ class Engine:
         check_name(name)
         if name in self.slots:
             raise ServeError(f"an adapter named '{name}' is already loaded; unload it first", 409)
-        package = open_package(folder, self.allow_pickle)
+        package = open_package(folder, self.allow_pickle, self.base_name)
         cfg = package.config
         if cfg.method.name not in ("lora", "dora", "ia3"):
             raise ServeError(
@@ -135,6 +136,12 @@ class Engine:
             self.model = PeftModel.from_pretrained(
                 self.model, str(package.folder), adapter_name=name
             )
+        try:
+            check_fits(self.model, package.folder, name)
+        except AdapterError:
+            if self.slots:  # leave the served ones as they were
+                self.model.delete_adapter(name)
+            raise
         self.model.eval()
         peft_config = self.model.peft_config[name]
         mixable = peft_config.peft_type.name in MIXABLE and not getattr(
