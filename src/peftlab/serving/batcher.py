@@ -61,8 +61,11 @@ class Abandoned(Exception):
 
 
 class Batcher:
-    def __init__(self, engine, max_batch=16, max_wait_s=0.01, queue_size=256, metrics=None):
+    def __init__(
+        self, engine, max_batch=16, max_wait_s=0.01, queue_size=256, metrics=None, continuous=True
+    ):
         self.engine = engine
+        self.continuous = continuous  # False: whole requests per batch (the benchmark's foil)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
@@ -138,7 +141,7 @@ class Batcher:
         """From `pending`, in arrival order: the classification jobs of this round, the
         generation jobs there is room for, or an admin action once nothing runs."""
         classify, generate = [], []
-        room = self.decoder.room if self.decoder else 0
+        room = self.decoder.room if self.decoder and self.continuous else self.max_batch
         while self.pending:
             job = self.pending[0]
             if job.kind == "admin":
@@ -178,10 +181,10 @@ class Batcher:
         return len(jobs)
 
     def admit(self, jobs: list[Job]) -> int:
-        whole = [j for j in jobs if j.sequence is None]  # encoder-decoders: whole requests
-        if whole:
+        whole = [j for j in jobs if j.sequence is None or not self.continuous]
+        if whole:  # encoder-decoders: whole requests
             self.generate_whole(whole)
-        fresh = [j for j in jobs if j.sequence is not None]
+        fresh = [j for j in jobs if j.sequence is not None and self.continuous]
         if fresh:
             for job in fresh:  # tokenized here: the worker's tokenizer is not shared
                 job.sequence.prompt = self.engine.prompt_ids(job.model, job.text)
@@ -218,9 +221,8 @@ class Batcher:
 
     def generate_whole(self, jobs: list[Job]) -> None:
         try:
-            results = self.engine.generate(
-                [j.model for j in jobs], [j.text for j in jobs], [j.max_tokens for j in jobs]
-            )
+            limits = [j.max_tokens or j.sequence.sampling.max_tokens for j in jobs]
+            results = self.engine.generate([j.model for j in jobs], [j.text for j in jobs], limits)
         except Exception as exc:
             for job in jobs:
                 job.future.set_exception(exc)
