@@ -148,7 +148,7 @@ def run_naive(engine, calls, concurrency: int) -> dict:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(naive_app(engine), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(naive_app(engine), log_config=None, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

@@ -36,6 +36,10 @@ class Server:
         config = uvicorn.Config(
             build_app(engine, batcher, limits, admin_token),
             lifespan="off",
+            # uvicorn's own logging config would bind handlers to the sys.stderr of the
+            # moment (a closed stream later, under test capture or a redirected CLI);
+            # without it, its warnings go through Python's logging like everyone's.
+            log_config=None,
             log_level="warning",
             access_log=False,
             timeout_keep_alive=connections.keep_alive_s,
