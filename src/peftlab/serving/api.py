@@ -47,13 +47,8 @@ class ClientGone(Exception):
     pass
 
 
-def error_body(status: int, message: str) -> dict:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
-
-
 def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse(error_body(status, message), status_code=status)
+    return JSONResponse(completions.error_body(status, message), status_code=status)
 
 
 def build_app(engine: Engine, batcher: Batcher, limits: Limits, admin_token: str | None):
@@ -228,12 +223,12 @@ class Service:
 
     async def answers(self, request, body: schemas.Generation, texts: list[str]):
         """(jobs, answers): answers None for a stream, whose jobs are then submitted."""
-        await self.check_inputs(texts)
         slot = self.engine.slot(body.model)
         if slot is not None and slot.kind == "classification":  # answers with its label
             completions.refuse_decoding_fields(body, "classification")
-            results = await self.classify(request, body.model, texts)
+            results = await self.classify(request, body.model, texts)  # checks the inputs
             return None, [label_answer(r) for r in results]
+        await self.check_inputs(texts)
         jobs = self.generation_jobs(body, texts)
         if body.stream:
             return jobs, None

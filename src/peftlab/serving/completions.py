@@ -52,6 +52,12 @@ def refuse_decoding_fields(body: schemas.Generation, why: str) -> None:
             raise ServeError(f"field '{name}' is not supported for {why} models; leave it out")
 
 
+def error_body(status: int, message: str) -> dict:
+    """OpenAI's error shape (a JSON response's body, or a stream's last event)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
 def outcome(seq) -> dict:
     """A finished sequence as one answer."""
     return {
@@ -244,7 +250,4 @@ class Chunks:
         return [*events, "data: [DONE]\n\n"]
 
     def error(self, status: int, message: str) -> str:
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        return self.event(
-            {"error": {"message": message, "type": kind, "param": None, "code": status}}
-        )
+        return self.event(error_body(status, message))

@@ -115,10 +115,9 @@ class Decoder:
             for seq in gone:
                 seq.finish_reason = "abandoned"
             drop(lane, gone)
+            finished += gone
             if lane.rows:
-                finished += gone + self.advance(lane, self.decode(lane), lane.rows)
-            else:
-                finished += gone
+                finished += self.advance(lane, self.decode(lane), lane.rows)
             if not lane.rows:
                 del self.lanes[lane.key]
         return finished

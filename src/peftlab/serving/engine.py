@@ -59,6 +59,11 @@ class Slot:
         return "classification" if isinstance(self.task, ClassificationTask) else "generation"
 
 
+def tuner_type(package: AdapterPackage) -> str:
+    """The peft tuner an adapter loads as: DoRA is a LoRA variant."""
+    return "ia3" if package.config.method.name == "ia3" else "lora"
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name) or name == BASE:
         raise ServeError(
@@ -153,10 +158,8 @@ class Engine:
     def check_same_peft_type(self, name: str, package: AdapterPackage) -> None:
         """peft keeps one tuner type per model: LoRA and DoRA adapters share a base, IA3
         adapters share another."""
-        kind = "ia3" if package.config.method.name == "ia3" else "lora"
         for other in self.slots.values():
-            other_kind = "ia3" if other.package.config.method.name == "ia3" else "lora"
-            if other_kind != kind:
+            if tuner_type(other.package) != tuner_type(package):
                 raise ServeError(
                     f"adapter '{name}' is {package.config.method.name} and '{other.name}' is "
                     f"{other.package.config.method.name}: one server holds LoRA/DoRA adapters "
