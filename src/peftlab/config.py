@@ -180,14 +180,15 @@ class MethodArgs:
     num_virtual_tokens: int = arg(20, "Prefix, prompt and P-tuning: virtual tokens.")
     prompt_init: str = arg(
         "text",
-        "Prompt and prefix tuning: initialise from text or randomly. Prompt tuning starts "
-        "from the text's token embeddings; prefix tuning on decoder LMs from the model's "
-        "own keys and values of the text, so step 0 stays close to the base model.",
+        "Prompt, P- and prefix tuning: initialise from text or randomly. Prompt tuning "
+        "starts from the text's token embeddings, P-tuning's encoder is solved to output "
+        "them, and prefix tuning on decoder LMs starts from the model's own keys and "
+        "values of the text, so step 0 stays close to the base model.",
         choices=("text", "random"),
     )
     prompt_init_text: str = arg(
         "Classify the sentiment of this text:",
-        "Prompt and prefix tuning: the initialisation text.",
+        "Prompt, P- and prefix tuning: the initialisation text.",
     )
     ptuning_hidden: int = arg(128, "P-tuning: hidden size of the prompt encoder.")
     adapter_size: int = arg(32, "Bottleneck adapters: bottleneck width.")

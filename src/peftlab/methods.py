@@ -245,7 +245,17 @@ def attach_ptuning(model, args: MethodArgs, info: ModelInfo):
         task_type=peft_task_type(info),
         **architecture.prompt_dimensions(model.config),
     )
-    return wrap_peft(model, config, info)
+    model = wrap_peft(model, config, info)
+    if args.prompt_init == "text":
+        from transformers import AutoTokenizer
+
+        from peftlab.ptuning_init import init_ptuning_from_text
+
+        check_init_text(args.prompt_init_text, info)
+        init_ptuning_from_text(
+            model, AutoTokenizer.from_pretrained(info.path), args.prompt_init_text
+        )
+    return model
 
 
 # ---------------------------------------------------------------- native methods
