@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peftlab.precision import autocast
-
 
 @dataclass
 class Sampling:
@@ -124,33 +122,16 @@ class Decoder:
 
     # ------------------------------------------------------------ passes
 
-    def forward(self, names: list[str], **inputs):
-        engine = self.engine
-        context, kwargs = engine.adapter_context(names)
-        with torch.inference_mode(), context, autocast(engine.precision, engine.device):
-            out = engine.model(**inputs, **kwargs, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float(), out.past_key_values
-
     def prefill(self, group: list[Sequence]):
-        from peftlab.tasks.text_formats import pad
-
-        device = self.engine.device
-        ids = pad([s.prompt for s in group], self.engine.tokenizer.pad_token_id, "left")
-        mask = pad([[1] * len(s.prompt) for s in group], 0, "left")
-        logits, cache = self.forward(
-            [s.adapter for s in group],
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions(mask).to(device),
-        )
-        return logits, cache, mask
+        return self.engine.prefill([s.adapter for s in group], [s.prompt for s in group])
 
     def decode(self, lane: Lane) -> torch.Tensor:
         device = self.engine.device
         last = torch.tensor([[s.tokens[-1]] for s in lane.rows])
         mask = torch.cat([lane.mask, torch.ones(len(lane.rows), 1, dtype=lane.mask.dtype)], 1)
-        logits, lane.cache = self.forward(
+        logits, lane.cache = self.engine.forward(
             [s.adapter for s in lane.rows],
+            True,
             input_ids=last.to(device),
             attention_mask=mask.to(device),
             position_ids=(mask.sum(-1, keepdim=True) - 1).to(device),
@@ -180,12 +161,6 @@ class Decoder:
         finished = [s for s in rows if s.done]
         drop(lane, finished)
         return finished
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Each token's position in its own row (left padding does not count), as
-    `generate` computes them."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def cut_at_stop(seq: Sequence) -> None:

@@ -2,15 +2,15 @@
 
 Requests for different adapters share one forward pass: peft's mixed-adapter batches
 (`adapter_names=[...]`, one name per row, "__base__" for the bare base model) for LoRA;
-methods peft cannot mix (DoRA, IA3) are run one adapter group at a time, still batched.
-Generation on decoders is continuous (decoding.py); classification is one pass. Only the
-batcher's worker thread calls into an Engine, so adapters never change while a batch is
-running.
+methods peft cannot mix are run one adapter group at a time, still batched: DoRA and
+IA3 (each tuner type in its own PeftModel over the same weights, families.py) and the
+prompt-style methods (their virtual tokens before the input, prompts.py). Generation on
+decoders is continuous (decoding.py); classification is one pass. Only the batcher's
+worker thread calls into an Engine, so adapters never change while a batch is running.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 import threading
@@ -24,11 +24,9 @@ from peftlab.package import AdapterPackage, check_base, open_package
 from peftlab.peft_folders import check_fits
 from peftlab.precision import autocast
 from peftlab.precision import resolve as resolve_precision
-from peftlab.tasks.classification import (
-    ClassificationTask,
-    label_probabilities,
-    next_token_logits,
-)
+from peftlab.serving.families import Families
+from peftlab.serving.prompts import VirtualTokens, load_virtual_tokens
+from peftlab.tasks.classification import ClassificationTask, label_probabilities
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.tasks.text_formats import cut_at_eos, generate_tokens, pad
@@ -37,6 +35,8 @@ BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PAD_SLACK = 1.25  # a forward pass may hold at most this many token slots per real token
 MIXABLE = {"LORA"}  # peft types whose layers take adapter_names (not with DoRA)
+LAYER_METHODS = ("lora", "dora", "ia3")
+PROMPT_METHODS = ("prompt", "ptuning", "prefix")
 
 
 class ServeError(PeftlabError):
@@ -53,6 +53,8 @@ class Slot:
     package: AdapterPackage
     task: ClassificationTask | GenerationTask
     mixable: bool
+    family: str  # the PeftModel it lives in ("lora", "ia3"), or "prompt"
+    virtual: VirtualTokens | None = None  # a prompt-style adapter's virtual tokens
 
     @property
     def kind(self) -> str:
@@ -101,32 +103,32 @@ class Engine:
         self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
         self.counter = copy.deepcopy(self.tokenizer)
         self.count_lock = threading.Lock()
-        self.model = models.load_model(
+        self.base = models.load_model(
             self.source, self.info, [], self.tokenizer, allow_pickle, None
         ).to(models.default_device())
-        self.model.eval()
+        self.base.eval()
+        self.families = Families(self.base)
         self.slots: dict[str, Slot] = {}
         for name, folder in adapters.items():
             self.load(name, folder)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.base.parameters()).device
 
     # ------------------------------------------------------------ adapters
 
     def load(self, name: str, folder: str) -> Slot:
-        from peft import PeftModel
-
         check_name(name)
         if name in self.slots:
             raise ServeError(f"an adapter named '{name}' is already loaded; unload it first", 409)
         package = open_package(folder, self.allow_pickle, self.base_name)
         cfg = package.config
-        if cfg.method.name not in ("lora", "dora", "ia3"):
+        if cfg.method.name not in LAYER_METHODS + PROMPT_METHODS:
             raise ServeError(
-                f"'{folder}' is a {cfg.method.name} adapter; peftlab serve loads lora, dora and "
-                "ia3 adapters onto one unquantized base (merge or predict the others)"
+                f"'{folder}' is a {cfg.method.name} adapter; peftlab serve loads "
+                f"{', '.join(LAYER_METHODS + PROMPT_METHODS)} adapters onto one unquantized "
+                "base (merge or predict the others)"
             )
         check_base(package, self.source)
         cfg.model.name = self.base_name
@@ -134,46 +136,48 @@ class Engine:
         if info.head == "linear" or info.kind != self.info.kind:
             raise ServeError(f"'{folder}' needs a different model head ({info.head})")
         task = build_task(cfg, info, package.task_data(), self.tokenizer)
-        if isinstance(self.model, PeftModel):
-            self.check_same_peft_type(name, package)
-            self.model.load_adapter(str(package.folder), adapter_name=name)
+        if cfg.method.name in PROMPT_METHODS:
+            slot = self.prompt_slot(name, package, task)
         else:
-            self.model = PeftModel.from_pretrained(
-                self.model, str(package.folder), adapter_name=name
-            )
+            slot = self.layer_slot(name, package, task)
+        self.slots[name] = slot
+        return slot
+
+    def layer_slot(self, name: str, package: AdapterPackage, task) -> Slot:
+        """LoRA, DoRA or IA3: loaded into its tuner family's PeftModel, fit-checked."""
+        family = tuner_type(package)
+        model = self.families.load(family, str(package.folder), name)
         try:
-            check_fits(self.model, package.folder, name)
+            check_fits(model, package.folder, name)
         except AdapterError:
-            if self.slots:  # leave the served ones as they were
-                self.model.delete_adapter(name)
+            self.families.unload(family, name)
             raise
-        self.model.eval()
-        peft_config = self.model.peft_config[name]
+        model.eval()
+        peft_config = model.peft_config[name]
         mixable = peft_config.peft_type.name in MIXABLE and not getattr(
             peft_config, "use_dora", False
         )
-        slot = self.slots[name] = Slot(name, package, task, mixable)
-        return slot
+        return Slot(name, package, task, mixable, family)
 
-    def check_same_peft_type(self, name: str, package: AdapterPackage) -> None:
-        """peft keeps one tuner type per model: LoRA and DoRA adapters share a base, IA3
-        adapters share another."""
-        for other in self.slots.values():
-            if tuner_type(other.package) != tuner_type(package):
-                raise ServeError(
-                    f"adapter '{name}' is {package.config.method.name} and '{other.name}' is "
-                    f"{other.package.config.method.name}: one server holds LoRA/DoRA adapters "
-                    "or IA3 adapters, not both yet; serve the others from a second server",
-                    409,
-                )
+    def prompt_slot(self, name: str, package: AdapterPackage, task) -> Slot:
+        """Prompt, P- or prefix tuning: its saved virtual tokens, run on the bare base."""
+        if self.info.kind != "causal_lm":
+            raise ServeError(
+                f"'{package.folder}' is a {package.config.method.name} adapter: peftlab serve "
+                "runs prompt-style adapters on decoder LMs (use predict on this model)"
+            )
+        return Slot(
+            name, package, task, False, "prompt", load_virtual_tokens(package.folder, self.base)
+        )
 
     def unload(self, name: str) -> None:
         if name not in self.slots:
             raise ServeError(f"no adapter named '{name}' is loaded", 404)
         if len(self.slots) == 1:
             raise ServeError("cannot unload the last adapter; load another one first", 409)
-        self.model.delete_adapter(name)
-        del self.slots[name]
+        slot = self.slots.pop(name)
+        if slot.family != "prompt":
+            self.families.unload(slot.family, name)
 
     def slot(self, name: str) -> Slot | None:
         """The adapter serving `name`; None for the base model itself."""
@@ -219,15 +223,11 @@ class Engine:
         padded to an article's length wastes most of its pass. Each group holds at most
         PAD_SLACK times as many token slots as real tokens.
         """
-        if self.mix and all(n == self.base_name or self.slots[n].mixable for n in names):
-            candidates = [list(range(len(names)))]
-        else:
-            by_name: dict[str, list[int]] = {}
-            for i, name in enumerate(names):
-                by_name.setdefault(name, []).append(i)
-            candidates = list(by_name.values())
+        by_lane: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            by_lane.setdefault(self.lane_of(name), []).append(i)
         groups = []
-        for rows in candidates:
+        for rows in by_lane.values():
             group: list[int] = []
             real = 0
             for i in sorted(rows, key=lambda i: lengths[i]):  # shortest first
@@ -252,17 +252,39 @@ class Engine:
             return "mixed"
         return name
 
-    def adapter_context(self, names: list[str]):
-        """(context, forward kwargs) for one group from groups(): the bare base, one active
-        adapter, or a mixed batch with one adapter name per row."""
+    def model_for(self, names: list[str]):
+        """(model, forward kwargs) for one group from groups(): the bare base (for base
+        rows, and for prompt-style rows once prefill put their virtual tokens in the
+        cache), one active adapter, or a LoRA batch with one adapter name per row."""
         peft_names = [BASE if n == self.base_name else n for n in names]
-        unique = set(peft_names)
-        if unique == {BASE}:
-            return self.model.disable_adapter(), {}
-        if len(unique) == 1:
-            self.model.set_adapter(peft_names[0])
-            return contextlib.nullcontext(), {}
-        return contextlib.nullcontext(), {"adapter_names": peft_names}
+        adapters = set(peft_names) - {BASE}
+        if not adapters or self.slots[next(iter(adapters))].virtual is not None:
+            return self.base, {}
+        model = self.families.models[self.slots[next(iter(adapters))].family]
+        if len(set(peft_names)) == 1:
+            model.set_adapter(peft_names[0])
+            return model, {}
+        return model, {"adapter_names": peft_names}
+
+    def forward(self, names: list[str], use_cache: bool, **inputs):
+        """The last position's logits and the cache of one group's forward pass."""
+        model, kwargs = self.model_for(names)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            out = model(**inputs, **kwargs, use_cache=use_cache, logits_to_keep=1)
+        return out.logits[:, -1].float(), out.past_key_values
+
+    def prefill(self, names: list[str], prompts: list[list[int]], use_cache: bool = True):
+        """One group's first pass over left-padded prompts: (last logits, cache, mask),
+        the mask covering the cache (a prompt-style adapter's virtual tokens included)."""
+        ids = pad(prompts, self.tokenizer.pad_token_id, "left").to(self.device)
+        mask = pad([[1] * len(p) for p in prompts], 0, "left").to(self.device)
+        slot = self.slot(names[0])
+        if slot is not None and slot.virtual is not None:
+            inputs = slot.virtual.inputs(self.base, ids, mask)
+        else:
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
+        logits, cache = self.forward(names, use_cache, **inputs)
+        return logits, cache, inputs["attention_mask"].cpu()
 
     @torch.inference_mode()
     def classify(self, names: list[str], inputs: list[str]) -> list[dict]:
@@ -273,12 +295,7 @@ class Engine:
         ]
         for rows in self.groups(names, [len(x) for x in encoded]):
             slots = [self.slots[names[i]] for i in rows]
-            ids = [encoded[i] for i in rows]
-            input_ids = pad(ids, self.tokenizer.pad_token_id, "left").to(self.device)
-            mask = pad([[1] * len(x) for x in ids], 0, "left").to(self.device)
-            context, kwargs = self.adapter_context([names[i] for i in rows])
-            with context, autocast(self.precision, self.device):
-                last = next_token_logits(self.model, input_ids, mask, **kwargs).float().cpu()
+            last = self.prefill([names[i] for i in rows], [encoded[i] for i in rows], False)[0]
             for row, (slot, i) in enumerate(zip(slots, rows, strict=True)):
                 probs = last[row, slot.task.head.token_ids].softmax(-1)
                 results[i] = label_probabilities(slot.task.label_names, probs)
@@ -291,10 +308,12 @@ class Engine:
         all_prompts = [self.prompt_ids(n, text) for n, text in zip(names, inputs, strict=True)]
         for rows in self.groups(names, [len(p) for p in all_prompts]):
             prompts = [all_prompts[i] for i in rows]
-            context, kwargs = self.adapter_context([names[i] for i in rows])
-            with context, autocast(self.precision, self.device):
+            model, kwargs = self.model_for([names[i] for i in rows])
+            if model is self.base and names[rows[0]] != self.base_name:
+                raise ServeError("prompt-style adapters generate with continuous batching only")
+            with autocast(self.precision, self.device):
                 out = generate_tokens(
-                    self.model,
+                    model,
                     prompts,
                     self.tokenizer.pad_token_id,
                     self.info.kind != "seq2seq",
@@ -328,3 +347,9 @@ class Engine:
         truncation mid-encode: counting uses its own copy, one thread at a time."""
         with self.count_lock:
             return len(self.counter(text, add_special_tokens=False)["input_ids"])
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its own row (left padding does not count), as
+    `generate` computes them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,95 @@
+"""Every servable method on one server: LoRA, DoRA, IA3, prompt tuning, P-tuning, prefix
+tuning and a plain peft folder (no manifest) resident on one tiny llama, asked at once
+from many threads with the real openai client, each answering as offline `predict`."""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import tiny
+from conftest import SERVE_TRAIN
+
+from peftlab.errors import PeftlabError
+from peftlab.inference import Predictor
+from peftlab.package import open_package
+from peftlab.serving import start
+
+# name -> (method, task): label words for classification, summaries for generation.
+SERVED = {
+    "lora-sum": ("lora", "summarization"),
+    "dora-sent": ("dora", "classification"),
+    "ia3-sum": ("ia3", "summarization"),
+    "prompt-sent": ("prompt", "classification"),
+    "prompt-sum": ("prompt", "summarization"),
+    "ptuning-sum": ("ptuning", "summarization"),
+    "prefix-sum": ("prefix", "summarization"),
+    "prefix-sent": ("prefix", "classification"),
+}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama, sentiment_csv, tmp_path_factory):
+    from peftlab.cli import main
+
+    root = tmp_path_factory.mktemp("methods")
+    summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
+    folders = {}
+    for name, (method, task) in SERVED.items():
+        data = ["--dataset", str(sentiment_csv)]
+        if task == "summarization":
+            data = ["--dataset", str(summaries), "--task", "summarization"]
+        argv = ["run", "--model", str(tiny_llama), "--method", method, *data]
+        assert main([*argv, "--out", str(root / name), *SERVE_TRAIN]) == 0
+        folders[name] = str(root / name / "adapter")
+    # A plain peft folder, as on the Hub: the LoRA summary adapter without peftlab.json.
+    shutil.copytree(folders["lora-sum"], root / "plain")
+    (root / "plain" / "peftlab.json").unlink()
+    folders["plain-peft"] = str(root / "plain")
+    return folders
+
+
+def offline(folder: str, texts: list[str]) -> list[dict]:
+    package = open_package(folder)
+    # What the server is asked for: a plain folder has no run of its own to take it from.
+    package.manifest["config"]["task"]["max_new_tokens"] = 6
+    return Predictor(package).predict(texts)
+
+
+def test_one_server_holds_every_method_and_each_answers_like_offline_predict(served):
+    import openai
+
+    texts = [r["text"] for r in tiny.sentiment_rows(10, seed=5)]
+    expected = {n: offline(p, texts) for n, p in served.items()}
+    server = start(served, port=0, max_wait_ms=20).start()
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+        jobs = [(name, row) for name in served for row in range(len(texts))]
+
+        def ask(job):
+            name, row = job
+            if expected[name][row].get("label") is not None:
+                body = {"model": name, "input": texts[row]}
+                return client.post("/classify", body=body, cast_to=object)["data"][0]
+            answer = client.completions.create(model=name, prompt=texts[row], max_tokens=6)
+            return answer.choices[0].text
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(ask, jobs))
+    finally:
+        server.stop()
+    for (name, row), got in zip(jobs, answers, strict=True):
+        want = expected[name][row]
+        if isinstance(got, dict):
+            assert got["label"] == want["label"], (name, row)
+            for label, p in want["probabilities"].items():
+                assert got["probabilities"][label] == pytest.approx(p, abs=1e-3), (name, row)
+        else:
+            assert got.strip() == want["generation"], (name, row)
+
+
+def test_virtual_tokens_that_do_not_fit_the_base_are_refused(served, tiny_model, tmp_path):
+    # A plain peft prefix (no manifest to name its base) given another model's base.
+    shutil.copytree(served["prefix-sum"], tmp_path / "prefix")
+    (tmp_path / "prefix" / "peftlab.json").unlink()
+    with pytest.raises(PeftlabError, match="do not fit this base model"):
+        start({"prefix": str(tmp_path / "prefix")}, base=str(tiny_model("gpt2")), port=0)
