@@ -93,3 +93,59 @@ def test_virtual_tokens_that_do_not_fit_the_base_are_refused(served, tiny_model,
     (tmp_path / "prefix" / "peftlab.json").unlink()
     with pytest.raises(PeftlabError, match="do not fit this base model"):
         start({"prefix": str(tmp_path / "prefix")}, base=str(tiny_model("gpt2")), port=0)
+
+
+def test_linear_head_classifiers_share_an_encoder_each_with_its_own_head(
+    tiny_model, sentiment_csv, tmp_path
+):
+    """Linear-head adapters (LoRA, IA3) on one DistilBERT: each row goes through its own
+    adapter's head in a shared batch and answers as offline predict; a head for another
+    number of labels is refused with the reason."""
+    import openai
+
+    from peftlab.cli import main
+
+    encoder = str(tiny_model("distilbert"))
+    three = tiny.sentiment_rows(60, seed=2)
+    for row in three[::3]:
+        row["label"] = "neutral"
+    runs = {
+        "lora-a": ["--method", "lora", "--dataset", str(sentiment_csv)],
+        "lora-b": ["--method", "lora", "--dataset", str(sentiment_csv), "--seed", "1"],
+        "ia3": ["--method", "ia3", "--dataset", str(sentiment_csv)],
+        "three": ["--method", "lora", "--dataset", str(tiny.write_csv(tmp_path / "3.csv", three))],
+    }
+    folders = {}
+    for name, extra in runs.items():
+        argv = ["run", "--model", encoder, "--out", str(tmp_path / name), *SERVE_TRAIN, *extra]
+        assert main(argv) == 0
+        folders[name] = str(tmp_path / name / "adapter")
+    three_labels = folders.pop("three")
+    texts = [r["text"] for r in tiny.sentiment_rows(12, seed=4)]
+    expected = {n: Predictor(open_package(p)).predict(texts) for n, p in folders.items()}
+    server = start(folders, port=0, max_wait_ms=50).start()
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+        jobs = [(name, row) for name in folders for row in range(len(texts))]
+
+        def ask(job):
+            body = {"model": job[0], "input": texts[job[1]]}
+            return client.post("/classify", body=body, cast_to=object)["data"][0]
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(ask, jobs))
+        with pytest.raises(openai.BadRequestError, match="does not generate"):
+            client.completions.create(model=encoder, prompt="x", max_tokens=2)
+        chat = client.chat.completions.create(
+            model="lora-a", messages=[{"role": "user", "content": texts[0]}]
+        )
+        assert chat.choices[0].message.content == expected["lora-a"][0]["label"]
+    finally:
+        server.stop()
+    for (name, row), got in zip(jobs, answers, strict=True):
+        want = expected[name][row]
+        assert got["label"] == want["label"], (name, row)
+        for label, p in want["probabilities"].items():
+            assert got["probabilities"][label] == pytest.approx(p, abs=1e-4), (name, row)
+    with pytest.raises(PeftlabError, match="3 labels"):
+        start({"a": folders["lora-a"], "three": three_labels}, port=0)

@@ -228,6 +228,7 @@ class Service:
             completions.refuse_decoding_fields(body, "classification")
             results = await self.classify(request, body.model, texts)  # checks the inputs
             return None, [label_answer(r) for r in results]
+        self.engine.check(body.model, "generate")
         await self.check_inputs(texts)
         jobs = self.generation_jobs(body, texts)
         if body.stream:

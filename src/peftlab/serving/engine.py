@@ -95,16 +95,15 @@ class Engine:
         cfg.model.name = self.base_name
         self.source = assets.resolve_model(self.base_name)
         self.info = model_info(self.source, cfg)
-        if self.info.head == "linear":
-            raise PeftlabError(
-                "peftlab serve shares one model head between adapters: serve adapters that "
-                "score label words or generate (a linear head is a separate layer per adapter)"
-            )
+        # Linear-head classifiers each bring their own head (peft's modules_to_save,
+        # switched per row like LoRA): the base is built with heads of their size.
+        linear = self.info.head == "linear"
+        self.labels = (first.manifest.get("label_names") or []) if linear else []
         self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
         self.counter = copy.deepcopy(self.tokenizer)
         self.count_lock = threading.Lock()
         self.base = models.load_model(
-            self.source, self.info, [], self.tokenizer, allow_pickle, None
+            self.source, self.info, self.labels, self.tokenizer, allow_pickle, None
         ).to(models.default_device())
         self.base.eval()
         self.families = Families(self.base)
@@ -133,8 +132,7 @@ class Engine:
         check_base(package, self.source)
         cfg.model.name = self.base_name
         info = model_info(self.source, cfg)
-        if info.head == "linear" or info.kind != self.info.kind:
-            raise ServeError(f"'{folder}' needs a different model head ({info.head})")
+        self.check_head(folder, package, info)
         task = build_task(cfg, info, package.task_data(), self.tokenizer)
         if cfg.method.name in PROMPT_METHODS:
             slot = self.prompt_slot(name, package, task)
@@ -142,6 +140,20 @@ class Engine:
             slot = self.layer_slot(name, package, task)
         self.slots[name] = slot
         return slot
+
+    def check_head(self, folder: str, package: AdapterPackage, info) -> None:
+        if info.head != self.info.head or info.kind != self.info.kind:
+            raise ServeError(
+                f"'{folder}' needs a different model head ({info.head}) than this server's "
+                f"adapters ({self.info.head}); serve it from a second server"
+            )
+        labels = package.manifest.get("label_names") or []
+        if info.head == "linear" and len(labels) != len(self.labels):
+            raise ServeError(
+                f"'{folder}' has a linear head for {len(labels)} labels and this server's "
+                f"adapters have {len(self.labels)}; serve it from a second server",
+                409,
+            )
 
     def layer_slot(self, name: str, package: AdapterPackage, task) -> Slot:
         """LoRA, DoRA or IA3: loaded into its tuner family's PeftModel, fit-checked."""
@@ -191,6 +203,11 @@ class Engine:
     def check(self, name: str, kind: str) -> None:
         """Raise the request's error if `name` cannot do `kind` ("classify"/"generate")."""
         slot = self.slot(name)
+        if kind == "generate" and slot is None and self.info.head == "linear":
+            raise ServeError(
+                f"model '{name}' is an encoder with a classification head and does not "
+                f"generate text; ask one of its adapters ({list(self.slots)})"
+            )
         if kind == "classify" and (slot is None or slot.kind != "classification"):
             raise ServeError(
                 f"model '{name}' does not classify; /v1/classify takes a classification "
@@ -198,7 +215,8 @@ class Engine:
             )
 
     def describe(self) -> list[dict]:
-        rows = [{"id": self.base_name, "kind": "base", "task": "causal generation"}]
+        task = "classification heads" if self.info.head == "linear" else "causal generation"
+        rows = [{"id": self.base_name, "kind": "base", "task": task}]
         for slot in self.slots.values():
             manifest = slot.package.manifest
             rows.append(
@@ -295,11 +313,24 @@ class Engine:
         ]
         for rows in self.groups(names, [len(x) for x in encoded]):
             slots = [self.slots[names[i]] for i in rows]
-            last = self.prefill([names[i] for i in rows], [encoded[i] for i in rows], False)[0]
+            group = [names[i] for i in rows]
+            if self.info.head == "linear":
+                scores = self.head_logits(group, [encoded[i] for i in rows])
+            else:
+                scores = self.prefill(group, [encoded[i] for i in rows], False)[0]
             for row, (slot, i) in enumerate(zip(slots, rows, strict=True)):
-                probs = last[row, slot.task.head.token_ids].softmax(-1)
+                head = getattr(slot.task.head, "token_ids", slice(None))  # label words
+                probs = scores[row, head].softmax(-1)
                 results[i] = label_probabilities(slot.task.label_names, probs)
         return results
+
+    def head_logits(self, names: list[str], ids: list[list[int]]) -> torch.Tensor:
+        """Linear heads: each row through its adapter's own head, right-padded as trained."""
+        input_ids = pad(ids, self.tokenizer.pad_token_id, "right").to(self.device)
+        mask = pad([[1] * len(x) for x in ids], 0, "right").to(self.device)
+        model, kwargs = self.model_for(names)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            return model(input_ids=input_ids, attention_mask=mask, **kwargs).logits.float()
 
     @torch.inference_mode()
     def generate(self, names: list[str], inputs: list[str], max_tokens: list[int]) -> list[dict]:
