@@ -498,8 +498,10 @@ def add_serve_parser(sub) -> None:
         "'model') and /v1/classify; GET /health and /metrics (Prometheus); with the "
         "admin token POST /admin/adapters, DELETE /admin/adapters/NAME and vLLM's "
         "/v1/load_lora_adapter and /v1/unload_lora_adapter. Concurrent requests for "
-        "different adapters share one forward pass. SIGTERM or Ctrl-C drains in-flight "
-        "requests, then exits.",
+        "different adapters share one forward pass. Serves lora, dora, ia3, prompt, "
+        "ptuning and prefix adapters (prompt-style ones on decoders), from peftlab runs or "
+        "plain peft folders, and linear-head classifiers on their encoder. SIGTERM or "
+        "Ctrl-C drains in-flight requests, then exits.",
     )
     parser.add_argument(
         "--adapter",
