@@ -142,13 +142,14 @@ class Engine:
         return slot
 
     def check_head(self, folder: str, package: AdapterPackage, info) -> None:
-        if info.head != self.info.head or info.kind != self.info.kind:
+        linear = info.head == "linear"  # label words and generation share the LM head
+        if linear != (self.info.head == "linear") or info.kind != self.info.kind:
             raise ServeError(
                 f"'{folder}' needs a different model head ({info.head}) than this server's "
                 f"adapters ({self.info.head}); serve it from a second server"
             )
         labels = package.manifest.get("label_names") or []
-        if info.head == "linear" and len(labels) != len(self.labels):
+        if linear and len(labels) != len(self.labels):
             raise ServeError(
                 f"'{folder}' has a linear head for {len(labels)} labels and this server's "
                 f"adapters have {len(self.labels)}; serve it from a second server",
