@@ -121,7 +121,7 @@ def naive_app(engine):
     from peftlab.precision import autocast
 
     app, lock = FastAPI(), threading.Lock()
-    tokenizer, model = engine.tokenizer, engine.model
+    tokenizer, model = engine.tokenizer, engine.families.models["lora"]
 
     @app.post("/v1/completions")
     def complete(body: dict):
