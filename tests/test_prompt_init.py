@@ -72,3 +72,36 @@ def test_ptuning_random_init_is_peft_s_own(tiny_model, sentiment_csv):
         "llama", tiny_model, sentiment_csv, "classification", prompt_init="random"
     )
     assert not torch.allclose(virtual, words, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_virtual_tokens_see_the_same_positions_however_the_batch_is_padded(
+    arch, method, tiny_model, sentiment_csv
+):
+    """peft numbers the left padding between its virtual tokens and the text; peftlab
+    numbers each row's tokens after the virtual tokens, so a row scores and generates the
+    same alone or beside a longer row, and an unpadded row exactly as peft's forward."""
+    from peftlab.tasks.classification import next_token_logits
+    from peftlab.tasks.text_formats import generate_tokens, pad
+
+    built = Built(tiny_model(arch), sentiment_csv, method)
+    model = built.model.eval()
+    tok = built.tokenizer
+    short = tok("a fine film")["input_ids"]
+    long = tok("a long and winding film that goes on and on and on and on")["input_ids"]
+    ids, mask = (
+        pad([short, long], tok.pad_token_id, "left"),
+        pad([[1] * len(short), [1] * len(long)], 0, "left"),
+    )
+    with torch.no_grad():
+        batched = next_token_logits(model, ids, mask)[0]
+        alone = next_token_logits(
+            model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long)
+        )[0]
+        peft_alone = model(input_ids=torch.tensor([short])).logits[0, -1]
+        together = generate_tokens(model, [short, long], tok.pad_token_id, True, max_new_tokens=5)
+        by_itself = generate_tokens(model, [short], tok.pad_token_id, True, max_new_tokens=5)
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alone, peft_alone, rtol=1e-5, atol=1e-5)
+    assert together[0] == by_itself[0]

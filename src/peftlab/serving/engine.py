@@ -30,6 +30,7 @@ from peftlab.tasks.classification import ClassificationTask, label_probabilities
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.tasks.text_formats import cut_at_eos, generate_tokens, pad
+from peftlab.virtual_positions import left_positions
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -301,7 +302,11 @@ class Engine:
         if slot is not None and slot.virtual is not None:
             inputs = slot.virtual.inputs(self.base, ids, mask)
         else:
-            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
+            inputs = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "position_ids": left_positions(mask),
+            }
         logits, cache = self.forward(names, use_cache, **inputs)
         return logits, cache, inputs["attention_mask"].cpu()
 
@@ -379,9 +384,3 @@ class Engine:
         truncation mid-encode: counting uses its own copy, one thread at a time."""
         with self.count_lock:
             return len(self.counter(text, add_special_tokens=False)["input_ids"])
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Each token's position in its own row (left padding does not count), as
-    `generate` computes them."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -19,6 +19,7 @@ import torch
 from peftlab.errors import AdapterError
 from peftlab.failure import first_line
 from peftlab.peft_folders import PROMPT_KEY, read_peft_config
+from peftlab.virtual_positions import left_positions
 
 PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 
@@ -38,7 +39,7 @@ class VirtualTokens:
         """Forward kwargs for a left-padded batch with the virtual tokens before it."""
         rows = input_ids.shape[0]
         full = torch.cat([mask.new_ones(rows, self.count), mask], 1)
-        positions = (full.cumsum(-1) - 1).clamp(min=0)
+        positions = left_positions(full)
         if self.peft_type != "PREFIX_TUNING":
             embeds = model.get_input_embeddings()(input_ids)
             virtual = self.weight.to(embeds.dtype).expand(rows, -1, -1)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from peftlab.data import Example
 from peftlab.errors import ConfigError
 from peftlab.evaluate import map_batches
-from peftlab.tasks.text_formats import PAD_MULTIPLE, left_positions
+from peftlab.tasks.text_formats import PAD_MULTIPLE
+from peftlab.virtual_positions import decoder_forward
 
 # Prompt-style peft models drop position ids (warning on every batch); every other model
 # needs them with left padding, so the head always passes them.
@@ -41,14 +42,7 @@ class LabelWordHead:
 def next_token_logits(model, input_ids, mask, **kwargs) -> torch.Tensor:
     """The LM's logits for the token after each left-padded row; only that position goes
     through the LM head. kwargs reach the model (a server's per-row adapter names)."""
-    out = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=left_positions(mask),
-        logits_to_keep=1,
-        **kwargs,
-    )
-    return out.logits[:, -1]
+    return decoder_forward(model, input_ids, mask, logits_to_keep=1, **kwargs).logits[:, -1]
 
 
 def label_probabilities(label_names: list[str], probabilities: torch.Tensor) -> dict:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from peftlab.virtual_positions import decoder_forward, decoder_generate
+
 IGNORE = -100  # label value that the loss skips
 
 
@@ -41,12 +43,6 @@ def pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
         for r in rows
     ]
     return torch.tensor(padded, dtype=torch.long)
-
-
-def left_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for left-padded rows: the real tokens get 0, 1, 2... whatever the
-    padding before them."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def target_tokens(item: TextItem) -> int:
@@ -113,11 +109,8 @@ class DecoderLayout:
         width = labels.shape[1]
         first_target = int((labels != IGNORE).long().argmax(-1).min())
         keep = width - first_target + 1  # the position before the first target predicts it
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=mask,
-            position_ids=left_positions(mask),
-            logits_to_keep=0 if keep >= width else keep,
+        out = decoder_forward(
+            model, batch["input_ids"], mask, logits_to_keep=0 if keep >= width else keep
         )
         kept = min(keep, width)
         # Prompt-style methods prepend virtual tokens: the last `kept` positions are ours.
@@ -182,16 +175,13 @@ def generate_tokens(model, prompts: list[list[int]], pad_id: int, decoder_only: 
     """
     side = "left" if decoder_only else "right"
     device = next(model.parameters()).device
-    input_ids = pad(prompts, pad_id, side)
-    out = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=pad([[1] * len(p) for p in prompts], 0, side).to(device),
-        do_sample=False,
-        pad_token_id=pad_id,
-        **kwargs,
-    )
-    start = input_ids.shape[1] if decoder_only else 1
-    return [row[start:] for row in out.tolist()]
+    input_ids = pad(prompts, pad_id, side).to(device)
+    mask = pad([[1] * len(p) for p in prompts], 0, side).to(device)
+    kwargs.update(do_sample=False, pad_token_id=pad_id)
+    if decoder_only:
+        return decoder_generate(model, input_ids, mask, **kwargs).tolist()
+    out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    return [row[1:] for row in out.tolist()]
 
 
 def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
