@@ -111,6 +111,49 @@ def run_peftlab(engine, mode: str, calls, concurrency: int) -> dict:
         server.stop()
 
 
+def time_to_first_token(engine, names: list[str], calls, args) -> dict:
+    """A streamed long completion through the real openai client, alone and while the
+    mixed traffic runs: seconds to its first token and to its last (medians of rounds)."""
+    import openai
+
+    from peftlab.serving import Batcher, Limits, Server
+
+    batcher = Batcher(engine, 16, 0.01, 4096, continuous=True).start()
+    server = Server(engine, batcher, "127.0.0.1", 0, Limits(timeout_s=1800), None).start()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+
+    def streamed() -> tuple[float, float]:
+        started, first = time.perf_counter(), None
+        stream = client.completions.create(
+            model=names[0], prompt=PROMPTS[0], max_tokens=args.long, stream=True
+        )
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].text:
+                first = time.perf_counter() - started
+        return first, time.perf_counter() - started
+
+    result = {}
+    try:
+        for load in ("alone", "under_load"):
+            times = []
+            for _ in range(args.rounds):
+                if load == "alone":
+                    times.append(streamed())
+                    continue
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    traffic_done = pool.submit(drive, server.url, calls, args.concurrency)
+                    time.sleep(1.0)  # the batch is running when the stream joins it
+                    times.append(streamed())
+                    traffic_done.result()
+            result[load] = {
+                "first_token_s": statistics.median(t[0] for t in times),
+                "last_token_s": statistics.median(t[1] for t in times),
+            }
+    finally:
+        server.stop()
+    return result
+
+
 def naive_app(engine):
     """The server a user writes with FastAPI and peft: one request at a time, the
     adapter switched with set_adapter, answered by generate (in peftlab's precision, so
@@ -169,6 +212,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=64, help="max_tokens of long requests")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ttft-only", action="store_true", help="time to first token only")
     parser.add_argument("--out", default="bench/serve_generation.json")
     args = parser.parse_args()
 
@@ -178,6 +222,16 @@ def main() -> None:
         adapters = write_adapters(args.base, args.adapters, Path(tmp))
         engine = Engine(adapters, args.base)
         calls = traffic(list(adapters), args.requests, args.short, args.long)
+        ttft = time_to_first_token(engine, list(adapters), calls, args)
+        for load, t in ttft.items():
+            print(
+                f"streamed, {load}: first token {t['first_token_s']:.2f} s, last "
+                f"{t['last_token_s']:.2f} s",
+                flush=True,
+            )
+        if args.ttft_only:
+            Path(args.out).write_text(json.dumps({"args": vars(args), "ttft": ttft}, indent=1))
+            return
         modes = [*MODES, "fastapi_peft_set_adapter"]
         rounds = {mode: [] for mode in modes}
         for r in range(args.rounds):
@@ -200,7 +254,8 @@ def main() -> None:
             f"{m['continuous_speedup']:.2f}x  p50 short {m[f'p50_s_{args.short}_tokens']:.1f} s"
             f"  p50 long {m[f'p50_s_{args.long}_tokens']:.1f} s"
         )
-    Path(args.out).write_text(json.dumps({"args": vars(args), "medians": medians}, indent=1))
+    record = {"args": vars(args), "medians": medians, "ttft": ttft}
+    Path(args.out).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
