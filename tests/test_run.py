@@ -21,7 +21,15 @@ RECORD_KEYS = {
         "history",
     },
     "adapter": {"path", "size_mb"},
-    "environment": {"packages", "python", "cpu", "seed", "model_sha256", "data_sha256"},
+    "environment": {
+        "packages",
+        "python",
+        "cpu",
+        "seed",
+        "model_sha256",
+        "data_sha256",
+        "threads",
+    },
 }
 
 
@@ -58,6 +66,7 @@ def test_label_word_run_on_tiny_llama(tiny_llama, sentiment_csv, tmp_path, metho
     )
     for section, keys in RECORD_KEYS.items():
         assert keys <= set(record[section]), section
+    assert record["environment"]["threads"]["threads"] == torch.get_num_threads()
     assert record["after"].keys() >= RECORD_KEYS["before"]
     assert record["status"] == "done"
     assert record["config"]["method"]["name"] == method

@@ -239,6 +239,16 @@ class TrainArgs:
     checkpoint_every: int = arg(
         25, "Write a resumable checkpoint every N optimizer steps (0 = never)."
     )
+    checkpoint_minutes: float = arg(
+        5.0,
+        "Also write one when this many minutes have passed since the last (a slow run "
+        "killed early can still resume; 0 = by steps only; one-process runs).",
+    )
+    threads: int = arg(
+        0,
+        "CPU threads (0 = the cores this process may use: its CPU affinity and cgroup "
+        "quota; they wait passively unless OMP_WAIT_POLICY is set). run.json records it.",
+    )
     precision: str = arg(
         "auto",
         "Compute precision: bf16 autocast (matmuls in bf16, weights and losses in fp32), "
@@ -323,7 +333,15 @@ class RunConfig:
         _positive(self, m, "lora_r", "lora_alpha", "num_virtual_tokens", "ptuning_hidden")
         _positive(self, m, "adapter_size")
         _non_negative(self, t, "epochs", "max_steps", "weight_decay", "max_grad_norm")
-        _non_negative(self, t, "eval_every", "validations", "checkpoint_every")
+        _non_negative(
+            self,
+            t,
+            "eval_every",
+            "validations",
+            "checkpoint_every",
+            "checkpoint_minutes",
+            "threads",
+        )
         _non_negative(self, d, *(n for n in SAMPLE_FIELDS if getattr(d, n) is not None))
         _non_negative(self, d, "forgetting_samples")
         _positive(self, self.task, "max_target_length", "max_new_tokens", "num_beams")

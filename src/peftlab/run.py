@@ -17,7 +17,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from peftlab import assets, data, distributed, forgetting, models, shared_cache
+from peftlab import assets, data, distributed, forgetting, models, shared_cache, threads
 from peftlab.artifact import save_artifact
 from peftlab.config import RunConfig, from_dict
 from peftlab.errors import PeftlabError, TrialPruned
@@ -63,6 +63,7 @@ def run(
 
 
 def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_validation):
+    cpu_threads = threads.configure(cfg.train.threads)
     seed_everything(cfg.train.seed)
     with distributed.main_first():  # a built-in model is converted once, by rank 0
         source = assets.resolve_model(cfg.model.name)
@@ -93,6 +94,7 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_vali
         distributed.num_processes(),
         distributed.backend(),
     )
+    record["environment"]["threads"] = cpu_threads
     record["data"] = data_summary(dataset, task)
     testing = cfg.train.score_on == "test"  # else a tuning trial: validation only
     if testing:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from peftlab import distributed, frozen_cache
+from peftlab import distributed, frozen_cache, threads
 from peftlab.config import TrainArgs
 from peftlab.errors import PeftlabError
 from peftlab.evaluate import evaluate
@@ -30,6 +30,7 @@ from peftlab.fast_dropout import use_fast_dropout
 from peftlab.fsutil import write_dir_atomic, write_json_atomic
 from peftlab.models import cpu_attention
 from peftlab.precision import autocast, bf16_frozen_weights
+from peftlab.progress import Progress
 from peftlab.resources import Meter, release_freed_memory
 
 
@@ -265,7 +266,8 @@ def train(
 
     model.train()
     release_freed_memory()
-    log_every = max(1, total_steps // 10)
+    progress = Progress(total_steps, args, log, accelerator.num_processes)
+    share = threads.core_share(args.threads)
     # One progress bar for the whole group: rank 0's.
     bar = tqdm(
         total=total_steps,
@@ -303,6 +305,8 @@ def train(
                     frozen,
                 )
                 state.train_seconds += time.perf_counter() - started
+                if share is not None:
+                    share.check()
                 state.window += 1
                 state.step += 1
                 state.samples += sum(len(b) for b in window) * accelerator.num_processes
@@ -316,12 +320,8 @@ def train(
                 )
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if state.step % log_every == 0 and bar.disable:  # no live bar: log lines
-                    recent = [h["loss"] for h in state.history[-log_every:]]
-                    log(
-                        f"step {state.step}/{total_steps}: loss {sum(recent) / len(recent):.4f}, "
-                        f"{state.samples / state.train_seconds:.2f} samples/s"
-                    )
+                if bar.disable:  # no live bar: log lines
+                    progress.step_done(state)
                 done = state.step >= total_steps
                 end_of_epoch = state.window == len(windows)
                 if (
@@ -335,7 +335,7 @@ def train(
                         log("validation skipped: one final validation would select nothing")
                     else:
                         validate()
-                if args.checkpoint_every and (state.step % args.checkpoint_every == 0 or done):
+                if progress.checkpoint_due(state.step, done):
                     if accelerator.is_main_process:
                         checkpoints.save(unwrapped, optimizer, scheduler, state, best)
                     accelerator.wait_for_everyone()
@@ -358,6 +358,7 @@ def train(
         "epochs": round(state.samples / max(1, len(train_items)), 3),
         "samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
         "steps_per_s": round(state.step / max(state.train_seconds, 1e-9), 3),
+        "thread_count_changes": share.changes if share is not None else 0,
         "peak_memory_mb": round(meter.peak_memory_mb, 1),
         "best_step": state.best_step,
         "best_validation": state.best_metric,
