@@ -104,6 +104,9 @@ def test_the_thread_count_gives_way_to_other_busy_processes_and_comes_back():
     seen = []
     torch.set_num_threads(4)
     try:
+        with share:
+            torch.set_num_threads(2)  # the count inside training...
+        assert torch.get_num_threads() == 4  # ...is undone after it
         for second, busy in enumerate([0, 0, 3, 3, 3, 3, 0, 0, 0, 9]):
             others[0] = busy
             clock.now = float(second)

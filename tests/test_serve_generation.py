@@ -26,10 +26,11 @@ def base(tiny_llama):
 
 
 def test_streamed_completion_equals_the_whole_answer_and_arrives_token_by_token(client, base):
-    whole = client.completions.create(model=base, prompt="the film was", max_tokens=40)
+    # Enough tokens that decoding them takes longer than the request's fixed costs.
+    whole = client.completions.create(model=base, prompt="the film was", max_tokens=120)
     started, arrivals, pieces, finish = time.perf_counter(), [], [], None
     stream = client.completions.create(
-        model=base, prompt="the film was", max_tokens=40, stream=True
+        model=base, prompt="the film was", max_tokens=120, stream=True
     )
     for chunk in stream:
         arrivals.append(time.perf_counter() - started)

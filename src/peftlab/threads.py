@@ -126,6 +126,20 @@ class CoreShare:
         self.samples: deque[int] = deque(maxlen=window)
         self.last = -math.inf
         self.changes = 0
+        self.initial: int | None = None
+
+    def __enter__(self) -> CoreShare:
+        import torch
+
+        self.initial = torch.get_num_threads()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """The count as it was before training (evaluation, and a caller's own work after
+        train(), are not left with a count chosen for a busy moment)."""
+        import torch
+
+        torch.set_num_threads(self.initial)
 
     def check(self) -> None:
         import torch
