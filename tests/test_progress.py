@@ -88,9 +88,9 @@ def test_threads_follow_the_usable_cores_unless_told(monkeypatch):
         assert chosen["chosen_by"].startswith("cores left free")
         assert threads.configure(2)["chosen_by"] == "--threads"
         assert torch.get_num_threads() == 2
-        assert threads.core_share(2) is None  # a fixed count is left alone
+        assert threads.core_share(2).probe is None  # a fixed count is left alone
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        assert threads.core_share(0) is None
+        assert threads.core_share(0).probe is None
     finally:
         torch.set_num_threads(before)
 

@@ -246,8 +246,9 @@ class TrainArgs:
     )
     threads: int = arg(
         0,
-        "CPU threads (0 = the cores this process may use: its CPU affinity and cgroup "
-        "quota; they wait passively unless OMP_WAIT_POLICY is set). run.json records it.",
+        "CPU threads (0 = the cores this process may use, by its CPU affinity and cgroup "
+        "quota, less those other processes keep busy, checked between training steps). "
+        "run.json records it.",
     )
     precision: str = arg(
         "auto",

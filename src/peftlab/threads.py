@@ -65,12 +65,17 @@ def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
     return None if quota <= 0 or period <= 0 else quota / period
 
 
+def fixed_count(requested: int) -> int:
+    """The count the user fixed (`--threads`, else OMP_NUM_THREADS), or 0: peftlab's."""
+    return requested or int(os.environ.get("OMP_NUM_THREADS") or 0)
+
+
 def configure(requested: int) -> dict:
     """Set torch's thread count (`requested`, or 0 for the usable cores); what was chosen."""
     import torch
 
     cores = usable_cores()
-    fixed = requested or int(os.environ.get("OMP_NUM_THREADS") or 0)
+    fixed = fixed_count(requested)
     torch.set_num_threads(fixed or cores)
     if requested:
         chosen_by = "--threads"
@@ -103,16 +108,17 @@ def running_elsewhere(stat: Path = Path("/proc/stat"), own: Path = Path("/proc/s
     return max(0, total - mine)
 
 
-def core_share(requested: int) -> CoreShare | None:
-    """The governor for a run whose thread count is not fixed by the user."""
-    if requested or os.environ.get("OMP_NUM_THREADS"):
-        return None
+def core_share(requested: int) -> CoreShare:
+    """The governor of a training run: idle when the user fixed the count."""
+    if fixed_count(requested):
+        return CoreShare(usable_cores(), probe=None)
     return CoreShare(usable_cores())
 
 
 class CoreShare:
     """Between training steps: torch's thread count kept to the cores other processes
-    leave free (see the module docstring). `check()` is cheap when not due."""
+    leave free (see the module docstring); without a probe, it leaves the count alone.
+    `check()` is cheap when not due."""
 
     def __init__(
         self,
@@ -145,7 +151,7 @@ class CoreShare:
         import torch
 
         now = self.clock()
-        if now - self.last < self.every_s:
+        if self.probe is None or now - self.last < self.every_s:
             return
         self.last = now
         others = self.probe()

@@ -267,7 +267,7 @@ def train(
     model.train()
     release_freed_memory()
     progress = Progress(total_steps, args, log, accelerator.num_processes)
-    share = threads.core_share(args.threads) or contextlib.nullcontext()
+    share = threads.core_share(args.threads)
     # One progress bar for the whole group: rank 0's.
     bar = tqdm(
         total=total_steps,
@@ -306,8 +306,7 @@ def train(
                     frozen,
                 )
                 state.train_seconds += time.perf_counter() - started
-                if isinstance(share, threads.CoreShare):
-                    share.check()
+                share.check()
                 state.window += 1
                 state.step += 1
                 state.samples += sum(len(b) for b in window) * accelerator.num_processes
@@ -359,7 +358,7 @@ def train(
         "epochs": round(state.samples / max(1, len(train_items)), 3),
         "samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
         "steps_per_s": round(state.step / max(state.train_seconds, 1e-9), 3),
-        "thread_count_changes": getattr(share, "changes", 0),
+        "thread_count_changes": share.changes,
         "peak_memory_mb": round(meter.peak_memory_mb, 1),
         "best_step": state.best_step,
         "best_validation": state.best_metric,

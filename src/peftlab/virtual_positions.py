@@ -36,21 +36,28 @@ def left_positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def with_virtual_tokens(virtual: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor):
+    """A base model's inputs for left-padded rows (`embeds`, `mask`) with the virtual-token
+    embeddings (rows, v, dim) before them: the one layout of training, predict and serve."""
+    full = torch.cat([mask.new_ones(mask.shape[0], virtual.shape[1]), mask], 1)
+    return {
+        "inputs_embeds": torch.cat([virtual.to(embeds.dtype), embeds], 1),
+        "attention_mask": full,
+        "position_ids": left_positions(full),
+    }
+
+
 def prompt_inputs(model, input_ids: torch.Tensor, mask: torch.Tensor) -> dict:
-    """The base model's inputs for left-padded rows with the virtual tokens before them."""
-    rows = input_ids.shape[0]
-    embeds = model.word_embeddings(input_ids)
-    prompts = model.get_prompt(batch_size=rows).to(embeds.dtype)
-    full = torch.cat([mask.new_ones(rows, prompts.shape[1]), mask], 1)
-    return {"inputs_embeds": torch.cat([prompts, embeds], 1), "attention_mask": full}
+    """A peft prompt-learning model's inputs for left-padded rows, built as peft builds
+    them (its get_prompt and word embeddings) but with each row's own positions."""
+    prompts = model.get_prompt(batch_size=input_ids.shape[0])
+    return with_virtual_tokens(prompts, model.word_embeddings(input_ids), mask)
 
 
 def decoder_forward(model, input_ids: torch.Tensor, mask: torch.Tensor, **kwargs):
     """model(...) on left-padded rows, each numbered from 0 (after any virtual tokens)."""
     if embeds_prompt(model):
-        inputs = prompt_inputs(model, input_ids, mask)
-        position_ids = left_positions(inputs["attention_mask"])
-        return model.base_model(**inputs, position_ids=position_ids, **kwargs)
+        return model.base_model(**prompt_inputs(model, input_ids, mask), **kwargs)
     return model(
         input_ids=input_ids, attention_mask=mask, position_ids=left_positions(mask), **kwargs
     )
@@ -60,7 +67,10 @@ def decoder_generate(model, input_ids: torch.Tensor, mask: torch.Tensor, **kwarg
     """model.generate(...) on left-padded rows: only the new tokens of each row.
     (generate derives each step's positions from the mask it is given.)"""
     if embeds_prompt(model):
-        # From embeddings alone, generate returns only the new tokens.
-        return model.base_model.generate(**prompt_inputs(model, input_ids, mask), **kwargs)
+        # From embeddings alone, generate returns only the new tokens; it numbers the
+        # positions from the mask itself (as with_virtual_tokens does).
+        inputs = prompt_inputs(model, input_ids, mask)
+        del inputs["position_ids"]
+        return model.base_model.generate(**inputs, **kwargs)
     out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
     return out[:, input_ids.shape[1] :]

@@ -19,7 +19,7 @@ import torch
 from peftlab.errors import AdapterError
 from peftlab.failure import first_line
 from peftlab.peft_folders import PROMPT_KEY, read_peft_config
-from peftlab.virtual_positions import left_positions
+from peftlab.virtual_positions import left_positions, with_virtual_tokens
 
 PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 
@@ -38,20 +38,14 @@ class VirtualTokens:
     def inputs(self, model, input_ids: torch.Tensor, mask: torch.Tensor) -> dict:
         """Forward kwargs for a left-padded batch with the virtual tokens before it."""
         rows = input_ids.shape[0]
-        full = torch.cat([mask.new_ones(rows, self.count), mask], 1)
-        positions = left_positions(full)
         if self.peft_type != "PREFIX_TUNING":
-            embeds = model.get_input_embeddings()(input_ids)
-            virtual = self.weight.to(embeds.dtype).expand(rows, -1, -1)
-            return {
-                "inputs_embeds": torch.cat([virtual, embeds], 1),
-                "attention_mask": full,
-                "position_ids": positions,
-            }
+            virtual = self.weight.expand(rows, -1, -1)
+            return with_virtual_tokens(virtual, model.get_input_embeddings()(input_ids), mask)
+        full = torch.cat([mask.new_ones(rows, self.count), mask], 1)
         return {
             "input_ids": input_ids,
             "attention_mask": full,
-            "position_ids": positions[:, self.count :],
+            "position_ids": left_positions(full)[:, self.count :],
             "past_key_values": self.cache(rows, model.dtype),
         }
 

@@ -22,8 +22,9 @@ from peftlab.evaluate import map_batches
 from peftlab.tasks.text_formats import PAD_MULTIPLE
 from peftlab.virtual_positions import decoder_forward
 
-# Prompt-style peft models drop position ids (warning on every batch); every other model
-# needs them with left padding, so the head always passes them.
+# peft warns on every batch when a prompt-learning model is given position ids; peftlab's
+# own decoder calls go around peft's forward there (virtual_positions.py), but a caller's
+# direct use of peft's forward would still warn per batch.
 warnings.filterwarnings("ignore", message="Position ids are not supported")
 
 
