@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,3 +85,15 @@ def server(adapters):
     server = start(adapters, port=0, admin_token=SERVE_TOKEN, max_wait_ms=20, limits=limits)
     yield server.start()
     server.stop()
+
+
+@pytest.fixture
+def busy_cpus():
+    """Every core kept busy by a CPU-bound process of the test's own while it runs, as on
+    a shared machine: what must hold there is proved there."""
+    burn = [sys.executable, "-c", "while True: pass"]
+    burners = [subprocess.Popen(burn) for _ in range(os.cpu_count() or 1)]
+    yield
+    for burner in burners:
+        burner.kill()
+        burner.wait()

@@ -23,8 +23,7 @@ from optuna.trial import TrialState
 
 RUN = ["--epochs", "1", "--batch-size", "16", "--precision", "fp32", *tiny.ALL_ROWS]
 HEARTBEAT = ["--heartbeat", "2"]  # a silent run is retried after 8 s
-# Judging a run dead needs a margin over a loaded machine's pauses: with 2 s beats (8 s
-# grace) PostgreSQL once judged a live run stale under a full CI load and ran it twice.
+# The joining workers below are started without --heartbeat: they must take this one.
 SLOW_HEARTBEAT = ["--heartbeat", "5"]
 
 
@@ -92,10 +91,23 @@ def postgres_url():
     shutil.rmtree(data, ignore_errors=True)
 
 
+def test_a_worker_beats_as_often_as_its_comparison_asks(tmp_path):
+    """A worker started without --heartbeat (30 s) joins a comparison that judges runs
+    dead after 4 x 5 s: it must beat every 5 s, or its live runs are run twice."""
+    from peftlab import study as studies
+    from peftlab.compare import Execution, open_to_join
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    studies.create_study(studies.open_storage(url, 5.0), "peftlab-compare-x", 5.0)
+    storage, study = open_to_join(url, Execution(url, 1, None, 30.0))
+    assert storage.get_heartbeat_interval() == 5 and study.study_name == "peftlab-compare-x"
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_workers_run_every_trial_exactly_once(
-    backend, tiny_llama, sentiment_csv, tmp_path, request
+    backend, tiny_llama, sentiment_csv, tmp_path, request, busy_cpus
 ):
+    """With every core busy: a live run is never judged dead and run again."""
     out, elsewhere = tmp_path / "cmp", tmp_path / "worker"
     storage = f"sqlite:///{out / 'study.db'}"
     if backend == "postgresql":
@@ -151,7 +163,7 @@ def test_a_killed_workers_run_is_retried_by_another(tiny_llama, sentiment_csv, t
     assert board["rows"][0]["seeds"] == [0, 1, 2] and not board["failures"]
 
 
-def test_a_worker_joins_a_tuned_comparison(tiny_llama, sentiment_csv, tmp_path):
+def test_a_worker_joins_a_tuned_comparison(tiny_llama, sentiment_csv, tmp_path, busy_cpus):
     """A worker started without --study finds the comparison (not one of its tuning
     studies), takes tuning trials and final runs, and each runs exactly once."""
     out, elsewhere = tmp_path / "cmp", tmp_path / "worker"

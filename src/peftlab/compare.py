@@ -264,10 +264,22 @@ def compare(
     return board
 
 
+def open_to_join(url: str, execution: Execution) -> tuple:
+    """(storage, study) of the comparison a worker joins, beating as often as that
+    comparison asks: a worker beating more slowly than the others' grace period would
+    have its live runs judged dead and run twice."""
+    storage = studies.open_storage(url, execution.heartbeat_s)
+    study = studies.find_study(storage, execution.study)
+    beat = study.user_attrs.get("heartbeat_s", execution.heartbeat_s)
+    if beat == execution.heartbeat_s:
+        return storage, study
+    storage = studies.open_storage(url, beat)
+    return storage, studies.find_study(storage, study.study_name)
+
+
 def join(out: Path, execution: Execution, log=say) -> int:
     """`peftlab compare --worker`: run another comparison's waiting trials here."""
     url = studies.storage_url(out, execution.storage)
-    storage = studies.open_storage(url, execution.heartbeat_s)
-    study = studies.find_study(storage, execution.study)
+    storage, study = open_to_join(url, execution)
     log(f"worker for {study.study_name}: {execution.jobs} run(s) at once, run directories in {out}")
     return work(Comparison.open(url, storage, study, out), execution.jobs, log)

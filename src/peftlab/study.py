@@ -254,9 +254,10 @@ def heartbeat(storage, trial_id: int):
         thread.join()
 
 
-def finish(storage, trial_id: int, outcome: dict) -> None:
+def finish(storage, trial_id: int, outcome: dict) -> bool:
     """COMPLETE with the run's metric, PRUNED, or FAIL with how it failed (a rerun
-    retries it)."""
+    retries it). False if the trial was no longer ours to finish: judged dead (no
+    heartbeat in time) and retried, the retry reports it."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -270,7 +271,8 @@ def finish(storage, trial_id: int, outcome: dict) -> None:
             value = outcome.get("value", 0.0)
             storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[value])
     except UpdateFinishedTrialError:
-        pass  # judged dead (no heartbeat in time) and retried: the retry reports it
+        return False
+    return True
 
 
 def fail_stale(study) -> None:

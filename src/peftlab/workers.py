@@ -128,7 +128,8 @@ def run_trial(comparison: Comparison, study, trial_id: int, threads, gpu, log) -
         record["run_dir"] = str(run_dir)
         outcome["pruned"] = record.get("status") == "pruned"
         outcome["value"] = score_of(record)
-    studies.finish(storage, trial_id, outcome)
+    if not studies.finish(storage, trial_id, outcome):
+        log(f"!! {spec['name']}: judged dead by another worker and retried; this result dropped")
 
 
 def settings_of(comparison: Comparison, study, trial_id: int, trial) -> tuple:
