@@ -200,7 +200,7 @@ def test_a_client_that_gives_up_leaves_the_queue(server):
     dropped = 0.0
     while time.monotonic() < deadline and dropped == 0:
         time.sleep(0.5)
-        dropped = metric(server, "peftlab_dropped_jobs_total")
+        dropped = metric(server.url, "peftlab_dropped_jobs_total")
     assert dropped > 0
     with httpx2.Client(base_url=server.url, timeout=60) as http:
         started = time.perf_counter()
@@ -209,16 +209,40 @@ def test_a_client_that_gives_up_leaves_the_queue(server):
         assert time.perf_counter() - started < 10  # the abandoned work was not done first
 
 
-def metric(server, name: str) -> float:
+def metric(url: str, name: str) -> float:
     import httpx2
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx2.get(server.url + "/metrics").text
+    text = httpx2.get(url + "/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:
                 return sample.value
     return 0.0
+
+
+def arrived(url: str, endpoint: str) -> float:
+    """Requests to `endpoint` in flight or answered, as the server's metrics count them."""
+    import httpx2
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {
+        f.name: f for f in text_string_to_metric_families(httpx2.get(url + "/metrics").text)
+    }
+    in_flight = families["peftlab_requests_in_flight"].samples[0].value - 1
+    answered = sum(
+        s.value
+        for s in families["peftlab_requests"].samples
+        if s.name == "peftlab_requests_total" and s.labels["endpoint"] == endpoint
+    )
+    return in_flight + answered
+
+
+def wait_until(condition, timeout=120.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
 
 
 def test_sigterm_lets_in_flight_requests_finish(adapters):
@@ -240,7 +264,9 @@ def test_sigterm_lets_in_flight_requests_finish(adapters):
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         answers = [pool.submit(ask, i) for i in range(4)]
-        time.sleep(0.15)  # the requests are in: waiting for the batch or running
+        # The four are in (waiting, running or answered) however slow the machine: the
+        # server says so; the scrape that asks is in flight itself.
+        wait_until(lambda: arrived(url, "/v1/completions") == 4)
         process.send_signal(signal.SIGTERM)
         statuses = [a.result().status_code for a in answers]
     output, _ = process.communicate(timeout=60)

@@ -110,9 +110,11 @@ class CountRequests:
                 status[0] = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, sending)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             model = scope.get("state", {}).get("model", "-")
             seconds = time.perf_counter() - started

@@ -1,8 +1,8 @@
 """GET /metrics in Prometheus' text format (prometheus_client), one registry per server.
 
 Per model (adapter or base) and endpoint: requests by HTTP status, latency histogram,
-prompt and completion tokens; for the batcher: batch sizes, batch time, queue depth and
-requests refused because the queue was full.
+prompt and completion tokens; requests in flight; for the batcher: batch sizes, batch time,
+queue depth and requests refused because the queue was full.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("peftlab_queue_depth", "Jobs waiting for a batch", registry=r)
+        self.in_flight = Gauge(
+            "peftlab_requests_in_flight", "Requests received and not yet answered", registry=r
+        )
 
     def request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
