@@ -70,7 +70,7 @@ def test_tune_searches_each_method_on_validation_then_runs_the_best_over_seeds(
         ci = row["accuracy_ci"]
         assert ci[0] <= row["accuracy"] <= ci[1] and row["ci_over"] == "seeds"
     assert board["rows"][0]["tied_with_best"] is True
-    assert board["recommendation"].startswith("Best accuracy: ")
+    assert board["recommendation"]["text"].startswith("Best accuracy: ")
     html = (out / "compare.html").read_text()
     assert 'id="recommendation"' in html and 'id="tuning"' in html and 'id="spaces"' in html
     assert (out / "search.png").is_file() and (out / "pareto.png").is_file()

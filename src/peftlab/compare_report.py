@@ -99,20 +99,26 @@ def summary(board: dict) -> str:
     if majority is not None:
         first += f"; always predicting the most frequent label: {majority:.4f}"
     text = [f"{first}. Means over {seeds} seed(s)."]
+    advice = board.get("recommendation") or {}
+    reasons = {e["method"]: e["reason"] for e in advice.get("not_learned", [])}
     for row in rows:
         better = row["gain"] > 0 if higher else row["gain"] < 0
         verdict = "better than" if better else "not better than"
-        note = ""
-        if majority is not None and row[metric] <= majority + 0.005:
-            note = " (no better than the majority label: not learned at this budget)"
+        note = " (not learned at this budget)" if row["method"] in reasons else ""
         text.append(
             f"- {row['method']}: {row[metric]:.4f} ({row['gain']:+.4f}), {verdict} the "
             f"base model{note}, training {row['trainable_percent']:.3f}% of the parameters."
         )
     for failure in board["failures"]:
         text.append(f"- {failure['method']} (seed {failure['seed']}) failed: {failure['error']}")
-    if board.get("recommendation"):
-        text.append(f"- Recommendation: {board['recommendation']}")
+    if reasons:
+        text.append(
+            "- Not learned, so not ranked, recommended or on the Pareto fronts: "
+            + "; ".join(f"{method}: {why}" for method, why in reasons.items())
+            + "."
+        )
+    if advice.get("text"):
+        text.append(f"- Recommendation: {advice['text']}")
     return "\n".join(text)
 
 
@@ -199,7 +205,7 @@ def html_page(board: dict, out: Path, plots: list[str]) -> str:
         if (out / name).is_file()
     )
     notes = html_list("notes", [ln for ln in summary(board).splitlines() if ln.startswith("- ")])
-    recommendation = html.escape(board.get("recommendation") or "")
+    recommendation = html.escape((board.get("recommendation") or {}).get("text", ""))
     sections = "".join(
         f"<h2>{html.escape(title)}</h2>{html_list(key, lines)}"
         for key, title, lines in (
@@ -309,9 +315,13 @@ def plot_pareto(board: dict, path: Path) -> None:
     plt = pyplot()
     metric = board.get("metric", "accuracy")
     fig, axes = plt.subplots(1, len(COSTS), figsize=(4 * len(COSTS), 3.6), squeeze=False)
+    advice = board.get("recommendation") or {}
+    unlearned = {entry["method"] for entry in advice.get("not_learned", [])}  # not drawn
     for ax, (cost, title) in zip(axes[0], COSTS.items(), strict=True):
-        rows = [r for r in board["rows"] if r.get(cost) is not None]
         front = set(board.get("pareto", {}).get(cost, []))
+        rows = [
+            r for r in board["rows"] if r.get(cost) is not None and r["method"] not in unlearned
+        ]
         for row in rows:
             on = row["method"] in front
             ax.scatter(row[cost], row[metric], color="tab:red" if on else "tab:grey")
@@ -329,7 +339,9 @@ def plot_pareto(board: dict, path: Path) -> None:
             ax.set_xscale("log")
         ax.set_xlabel(title)
         ax.set_ylabel(f"test {metric}")
-    fig.suptitle("Pareto view (red: no other method is better on both axes)", fontsize=9)
+    fig.suptitle(
+        "Pareto view of the methods that learned (red: no other is better on both axes)", fontsize=9
+    )
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

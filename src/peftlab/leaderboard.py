@@ -1,6 +1,6 @@
 """Run records -> the leaderboard: per method its metric with a 95% confidence interval,
 whether it is distinguishable from the best, its costs and forgetting, the Pareto view
-(metric against each cost) and a recommendation written from those numbers.
+(metric against each cost, methods that learned) and a recommendation (recommendation.py).
 
 With `compare --tune` a method's row is its tuned runs, with its default-settings runs
 and its search beside them.
@@ -12,6 +12,7 @@ import statistics
 
 from peftlab import stats
 from peftlab.errors import PeftlabError
+from peftlab.recommendation import recommendation
 from peftlab.tasks import spec_of
 
 # The costs a Pareto view weighs the metric against (lower is better for each).
@@ -57,7 +58,7 @@ def leaderboard(records: list[dict], failures: list[dict], searches: dict | None
     mark_distinguishable(table, groups, metric)
     test_counts = records[0]["data"].get("label_counts", {}).get("test") if records else None
     majority = round(max(test_counts) / sum(test_counts), 4) if test_counts else None
-    return {
+    board = {
         "task": spec.name,
         "metric": metric,
         "greater_is_better": higher,
@@ -67,11 +68,14 @@ def leaderboard(records: list[dict], failures: list[dict], searches: dict | None
             (r["forgetting"]["measure"] for r in records if "forgetting" in r), None
         ),
         "rows": table,
-        "pareto": pareto_fronts(table, metric, higher),
-        "recommendation": recommend(table, metric, higher),
         "searches": searches or {},
         "failures": failures,
     }
+    board["recommendation"] = recommendation(board, records, searches or {})
+    skipped = {entry["method"] for entry in board["recommendation"]["not_learned"]}
+    learned = [row for row in table if row["method"] not in skipped]
+    board["pareto"] = pareto_fronts(learned, metric, higher)
+    return board
 
 
 def method_row(
@@ -168,32 +172,3 @@ def pareto_fronts(table: list[dict], metric: str, higher: bool) -> dict[str, lis
 
         fronts[cost] = [p[0] for p in points if not any(dominates(q, p) for q in points)]
     return fronts
-
-
-def recommend(table: list[dict], metric: str, higher: bool) -> str:
-    """The best method, and the cheapest (fewest trainable parameters) whose mean lies in
-    the best's 95% interval or that the paired test cannot tell from the best."""
-    if not table:
-        return "No method finished: nothing to recommend."
-    best = table[0]
-    ci = best.get(f"{metric}_ci")
-
-    def close(row) -> bool:
-        if row.get("tied_with_best"):
-            return True
-        return bool(ci) and ci[0] <= row[metric] <= ci[1]
-
-    candidates = [r for r in table if r is best or close(r)]
-    cheapest = min(candidates, key=lambda r: (r["trainable_params"], r["peak_memory_mb"]))
-    shown = f"{best[metric]:.4f}" + (f" (95% CI {ci[0]:.4f} to {ci[1]:.4f})" if ci else "")
-    text = f"Best {metric}: {best['method']}, {shown}."
-    if cheapest is best:
-        return text + " No cheaper method comes within its confidence interval."
-    ratio = best["trainable_params"] / max(1, cheapest["trainable_params"])
-    return text + (
-        f" Cheapest within reach of it: {cheapest['method']} ({cheapest[metric]:.4f}), "
-        f"training {ratio:,.0f}x fewer parameters ({cheapest['trainable_percent']:.3f}% of "
-        f"the model), peak memory {cheapest['peak_memory_mb']:.0f} MB vs "
-        f"{best['peak_memory_mb']:.0f} MB, training {cheapest['train_s']:.0f} s vs "
-        f"{best['train_s']:.0f} s."
-    )
