@@ -97,3 +97,18 @@ def busy_cpus():
     for burner in burners:
         burner.kill()
         burner.wait()
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """No Hub, at once: huggingface_hub and datasets read HF_HUB_OFFLINE when first
+    imported, so setting the variable later changes nothing and every Hub id waits out
+    DNS retries (24 s); their read constants are set too."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setattr(datasets.config, name, True)

@@ -38,8 +38,7 @@ def test_fingerprint_is_stable_and_cached(tiny_llama):
     assert (tiny_llama / ".peftlab-sha256.json").is_file()
 
 
-def test_unreachable_hub_model_is_one_line(monkeypatch, capsys, sentiment_csv):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_hub_model_is_one_line(hub_offline, capsys, sentiment_csv):
     code = main(["run", "--model", "no-such-org/no-such-model", "--dataset", str(sentiment_csv)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot load model Hub id 'no-such-org/no-such-model'" in err

@@ -99,11 +99,9 @@ def test_empty_non_utf8_and_broken_json_files(tmp_path):
         load(args(broken))
 
 
-def test_missing_file_and_unknown_hub_name(tmp_path, monkeypatch):
+def test_missing_file_and_unknown_hub_name(tmp_path, hub_offline):
     with pytest.raises(DataError, match="does not exist"):
         load(args(tmp_path / "nope.csv"))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="not built in"):
         load(args("no_such_dataset_anywhere"))
 
