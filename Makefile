@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.peftlab-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup demo test test-fast bench lint format clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml requirements-assets.txt
 demo: setup
 	$(BIN)/peftlab run
 
+# Everything, with the 20 slowest tests listed so each run shows where the time goes.
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
+
+# For iterating: all but the slow tests on the real built-in model and data.
+test-fast: setup lint
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 # peftlab vs the stock Trainer + peft pipeline (fp32 and bf16), alternating, 3 rounds:
 # writes bench/results.json. Not part of the tests; about an hour on 2 CPU cores.

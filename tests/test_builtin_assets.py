@@ -1,8 +1,11 @@
 """Slow tests on the real built-in assets: they assert real improvement.
 
-The first is exactly `peftlab run` with no arguments (what `make demo` runs): SmolLM2-135M
-zero-shot on Rotten Tomatoes, then LoRA. The README's numbers come from this run.
-The summarization test is the README's bbc_news headline run on a smaller budget.
+The first is `peftlab run` with its defaults (what `make demo` runs: SmolLM2-135M
+zero-shot on Rotten Tomatoes, then LoRA) on 400 training examples instead of 1,000, so
+the suite stays in budget on a CPU without bf16; the README's numbers come from the full
+default. The summarization test is the README's bbc_news headline run on a smaller budget.
+Measured on 2 cores (AVX512-BF16 CPU): fp32 0.7967 -> 0.8533, bf16 0.8033 -> 0.8533;
+headlines at 120 examples (fp32) ROUGE-1 0.097 -> 0.192, perplexity 187 -> 25.
 """
 
 import json
@@ -17,12 +20,13 @@ pytestmark = pytest.mark.slow
 
 def test_default_run_improves_smollm2_on_rotten_tomatoes(tmp_path):
     out = tmp_path / "default"
-    assert main(["run", "--out", str(out)]) == 0
+    budget = ["--train-samples", "400", "--validation-samples", "100", "--test-samples", "300"]
+    assert main(["run", "--out", str(out), *budget]) == 0
     record = json.loads((out / "run.json").read_text())
     before, after = record["before"]["accuracy"], record["after"]["accuracy"]
-    assert 0.70 <= before <= 0.82, "zero-shot label-word scoring should already work"
-    assert after >= 0.80
-    assert after - before >= 0.05
+    assert 0.70 <= before <= 0.84, "zero-shot label-word scoring should already work"
+    assert after >= 0.82
+    assert after - before >= 0.035  # 11 of 300 reviews; measured +15 (bf16) and +17 (fp32)
     assert record["after"]["f1"] > record["before"]["f1"]
     assert record["environment"]["model_sha256"] and record["adapter"]["size_mb"] < 20
 
@@ -65,7 +69,7 @@ def test_minilm_learns_bbc_news_topics(tmp_path):
 def test_smollm2_learns_to_write_bbc_headlines(tmp_path):
     out = tmp_path / "headlines"
     argv = ["run", "--task", "summarization", "--dataset", "bbc_news", "--out", str(out)]
-    argv += ["--train-samples", "200", "--validation-samples", "20", "--test-samples", "60"]
+    argv += ["--train-samples", "120", "--validation-samples", "10", "--test-samples", "40"]
     assert main(argv) == 0
     record = json.loads((out / "run.json").read_text())
     before, after = record["before"], record["after"]
