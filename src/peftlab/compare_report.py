@@ -8,6 +8,7 @@ from pathlib import Path
 
 from peftlab.fsutil import write_text_atomic
 from peftlab.leaderboard import COSTS
+from peftlab.recommendation import not_learned_methods
 from peftlab.report import moving_mean, pyplot, save_figure
 
 TITLES = {"accuracy": "test accuracy", "f1": "macro-F1", "gen_len": "gen length"}
@@ -315,8 +316,7 @@ def plot_pareto(board: dict, path: Path) -> None:
     plt = pyplot()
     metric = board.get("metric", "accuracy")
     fig, axes = plt.subplots(1, len(COSTS), figsize=(4 * len(COSTS), 3.6), squeeze=False)
-    advice = board.get("recommendation") or {}
-    unlearned = {entry["method"] for entry in advice.get("not_learned", [])}  # not drawn
+    unlearned = not_learned_methods(board)  # not drawn
     for ax, (cost, title) in zip(axes[0], COSTS.items(), strict=True):
         front = set(board.get("pareto", {}).get(cost, []))
         rows = [

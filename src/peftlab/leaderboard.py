@@ -12,7 +12,7 @@ import statistics
 
 from peftlab import stats
 from peftlab.errors import PeftlabError
-from peftlab.recommendation import recommendation
+from peftlab.recommendation import not_learned_methods, recommendation
 from peftlab.tasks import spec_of
 
 # The costs a Pareto view weighs the metric against (lower is better for each).
@@ -72,7 +72,7 @@ def leaderboard(records: list[dict], failures: list[dict], searches: dict | None
         "failures": failures,
     }
     board["recommendation"] = recommendation(board, records, searches or {})
-    skipped = {entry["method"] for entry in board["recommendation"]["not_learned"]}
+    skipped = not_learned_methods(board)
     learned = [row for row in table if row["method"] not in skipped]
     board["pareto"] = pareto_fronts(learned, metric, higher)
     return board

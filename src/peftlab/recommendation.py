@@ -11,6 +11,12 @@ below its default settings' says so (validation and test disagreed).
 from __future__ import annotations
 
 
+def not_learned_methods(board: dict) -> set[str]:
+    """The methods a built board lists as having learned nothing."""
+    advice = board.get("recommendation") or {}
+    return {entry["method"] for entry in advice.get("not_learned", [])}
+
+
 def bar_of(board: dict, row: dict) -> tuple[str, float]:
     """(name, value) of what a row must beat to count as learned."""
     if board.get("majority_baseline") is not None:
@@ -43,8 +49,10 @@ def budget_text(records: list[dict], searches: dict) -> str:
     if not records:
         return "no finished run"
     sizes = records[0].get("data", {}).get("sizes", {})
-    epochs = records[0]["config"]["train"].get("epochs")
-    parts = [f"{sizes.get('train', '?')} training examples", f"{epochs:g} epoch(s)"]
+    train = records[0]["config"]["train"]
+    length = f"{train['max_steps']} steps" if train.get("max_steps") else None
+    length = length or f"{train.get('epochs', 1):g} epoch(s)"
+    parts = [f"{sizes.get('train', '?')} training examples", length]
     if searches:
         trials = max(len(s.get("trials", [])) for s in searches.values())
         parts.append(f"{trials} tuning trial(s) per method")
