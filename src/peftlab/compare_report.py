@@ -105,7 +105,9 @@ def summary(board: dict) -> str:
     for row in rows:
         better = row["gain"] > 0 if higher else row["gain"] < 0
         verdict = "better than" if better else "not better than"
-        note = " (not learned at this budget)" if row["method"] in reasons else ""
+        note = ""
+        if row["method"] in reasons:  # beating an untrained base is not learning the task
+            note = ", but not learned at this budget" if better else ": not learned at this budget"
         text.append(
             f"- {row['method']}: {row[metric]:.4f} ({row['gain']:+.4f}), {verdict} the "
             f"base model{note}, training {row['trainable_percent']:.3f}% of the parameters."
