@@ -81,6 +81,7 @@ def test_threads_follow_the_usable_cores_unless_told(monkeypatch):
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_fixed_in_process", 0)  # undone after the test
     monkeypatch.setattr(threads, "cgroup_quota", lambda root=None: 1.5)
     try:
         chosen = threads.configure(0)
@@ -89,6 +90,9 @@ def test_threads_follow_the_usable_cores_unless_told(monkeypatch):
         assert threads.configure(2)["chosen_by"] == "--threads"
         assert torch.get_num_threads() == 2
         assert threads.core_share(2).probe is None  # a fixed count is left alone
+        assert threads.core_share(0).probe is None  # ...by evaluation, too: --threads 2
+        threads.configure(0)
+        assert threads.core_share(0).probe is threads.running_elsewhere
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert threads.core_share(0).probe is None
     finally:
@@ -116,6 +120,27 @@ def test_the_thread_count_gives_way_to_other_busy_processes_and_comes_back():
         # averaged over the last 3 samples: 0 -> 1 -> 2 -> 3 others, then back down
         assert seen == [4, 4, 3, 2, 1, 1, 2, 3, 4, 1]
         assert share.changes == 7
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_evaluation_batches_give_way_to_other_busy_processes(monkeypatch):
+    import torch
+
+    from peftlab.evaluate import map_batches
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_fixed_in_process", 0)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 1)  # a burner on one core
+    torch.set_num_threads(2)
+    try:
+        seen = map_batches([1, 2, 3], [1, 1, 1], 1, lambda xs: [torch.get_num_threads()] * len(xs))
+        assert seen == [1, 1, 1]  # the batches ran on the free core...
+        assert torch.get_num_threads() == 2  # ...and the count is back after them
+        monkeypatch.setattr(threads, "_fixed_in_process", 2)  # --threads 2: left alone
+        assert map_batches([1], [1], 1, lambda xs: [torch.get_num_threads()]) == [2]
     finally:
         torch.set_num_threads(before)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from peftlab import distributed
+from peftlab import distributed, threads
 from peftlab.models import cpu_attention
 from peftlab.precision import autocast
 from peftlab.resources import Meter
@@ -45,7 +45,8 @@ def map_batches(
     A batch that runs out of memory is halved and retried (down to one item, which then
     fails for real); the smaller size is kept for the remaining batches. Under torchrun
     each process runs every n-th batch and all of them get every result: the batches and
-    so the numbers are the same as in one process, in a share of the time.
+    so the numbers are the same as in one process, in a share of the time. Between batches
+    the thread count follows the cores other processes leave free (threads.CoreShare).
     """
     results: list = [None] * len(items)
     pending = length_sorted_batches(lengths, batch_size)
@@ -56,7 +57,20 @@ def map_batches(
     bar = tqdm(
         total=len(mine), desc=desc, leave=False, disable=None if distributed.is_main() else True
     )
+    with threads.core_share() as share:
+        run_batches(items, fn, pending, results, bar, share, desc)
+    bar.close()
+    if processes > 1:
+        for part in distributed.gather_object([(i, results[i]) for i in mine]):
+            for i, output in part:
+                results[i] = output
+    return results
+
+
+def run_batches(items, fn, pending, results, bar, share, desc) -> None:
+    """Fill results[i] for every index in the pending batches, halving on out-of-memory."""
     while pending:
+        share.check()
         indices = pending.pop(0)
         try:
             outputs = fn([items[i] for i in indices])
@@ -74,12 +88,6 @@ def map_batches(
         for i, output in zip(indices, outputs, strict=True):
             results[i] = output
         bar.update(len(indices))
-    bar.close()
-    if processes > 1:
-        for part in distributed.gather_object([(i, results[i]) for i in mine]):
-            for i, output in part:
-                results[i] = output
-    return results
 
 
 def evaluate(

@@ -14,8 +14,9 @@ than a step's small parallel regions), and GOMP_SPINCOUNT=10000 lost both ways.
 So the waiting stays OpenMP's own, and the thread count follows the cores left free:
 the cores this process may use, less the threads other processes are running
 (/proc/stat's procs_running minus our own running threads, averaged over the last few
-seconds), checked between training steps. Alone a run uses every core; beside another
-busy run each gets its share and no thread spins for a core it cannot have.
+seconds), checked between training steps and between evaluation batches (scoring and
+generating on a shared core slowed 5-8x the same way). Alone a run uses every core; beside
+another busy run each gets its share and no thread spins for a core it cannot have.
 `--threads N` (or OMP_NUM_THREADS, as `compare --jobs` sets for its children) fixes the
 count. run.json records the choice and how often the count changed.
 """
@@ -30,6 +31,9 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # the user's, read by OpenMP
+# The count this process was told to keep by configure() (0: peftlab chooses). Global
+# because torch's thread count it mirrors is global to the process.
+_fixed_in_process = 0
 
 
 def describe_policy() -> str:
@@ -74,8 +78,10 @@ def configure(requested: int) -> dict:
     """Set torch's thread count (`requested`, or 0 for the usable cores); what was chosen."""
     import torch
 
+    global _fixed_in_process
     cores = usable_cores()
     fixed = fixed_count(requested)
+    _fixed_in_process = fixed
     torch.set_num_threads(fixed or cores)
     if requested:
         chosen_by = "--threads"
@@ -108,17 +114,19 @@ def running_elsewhere(stat: Path = Path("/proc/stat"), own: Path = Path("/proc/s
     return max(0, total - mine)
 
 
-def core_share(requested: int) -> CoreShare:
-    """The governor of a training run: idle when the user fixed the count."""
-    if fixed_count(requested):
+def core_share(requested: int = 0) -> CoreShare:
+    """The governor of a training or evaluation loop: idle when the user fixed the count
+    (`requested`, OMP_NUM_THREADS, or what configure() was told for this process)."""
+    if fixed_count(requested) or _fixed_in_process:
         return CoreShare(usable_cores(), probe=None)
-    return CoreShare(usable_cores())
+    return CoreShare(usable_cores(), probe=running_elsewhere)
 
 
 class CoreShare:
-    """Between training steps: torch's thread count kept to the cores other processes
-    leave free (see the module docstring); without a probe, it leaves the count alone.
-    `check()` is cheap when not due."""
+    """Between training steps or evaluation batches: torch's thread count kept to the
+    cores other processes leave free, never above the count it found on entry (see the
+    module docstring); without a probe, it leaves the count alone. `check()` is cheap
+    when not due."""
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class CoreShare:
         import torch
 
         self.initial = torch.get_num_threads()
+        self.cores = min(self.cores, self.initial)  # a count set lower stays the ceiling
         return self
 
     def __exit__(self, *exc) -> None:
