@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from peftlab import data
+from peftlab import data, threads
 from peftlab.methods import base_model
 from peftlab.precision import autocast
 
@@ -51,16 +51,26 @@ def uses_lm_loss(info) -> bool:
 
 def scores(model, encoded: list[list[int]], info, precision: str, base: bool) -> torch.Tensor:
     """Per text: its LM loss (summed) or its pooled representation; `base`: with the
-    method switched off. Taken before training, since `full` leaves no base behind."""
+    method switched off. Taken before training, since `full` leaves no base behind.
+    One text at a time, each many small parallel regions: the thread count follows the
+    free cores between texts (threads.CoreShare)."""
     score = lm_loss if uses_lm_loss(info) else last_hidden
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     switch = base_model(model) if base else contextlib.nullcontext()
-    with torch.inference_mode(), autocast(precision, device), switch:
-        values = torch.stack([score(model, ids, device).float().cpu() for ids in encoded])
+    values = []
+    with (
+        torch.inference_mode(),
+        autocast(precision, device),
+        switch,
+        threads.core_share() as share,
+    ):
+        for ids in encoded:
+            share.check()
+            values.append(score(model, ids, device).float().cpu())
     model.train(was_training)
-    return values
+    return torch.stack(values)
 
 
 def compare(before: torch.Tensor, after: torch.Tensor, encoded: list[list[int]], info) -> dict:
