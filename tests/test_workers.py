@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import tiny
 from optuna.trial import TrialState
@@ -145,8 +146,12 @@ def test_a_killed_workers_run_is_retried_by_another(tiny_llama, sentiment_csv, t
     first = peftlab(*argv)
     wait_for(lambda: any(t.state == TrialState.RUNNING for t in trials(storage)))
     time.sleep(1.5)  # mid-run: its child is loading the model
+    descendants = psutil.Process(first.pid).children(recursive=True)
+    assert descendants  # the forkserver and the run forked from it
     os.kill(first.pid, signal.SIGKILL)  # its child run dies with it (PR_SET_PDEATHSIG)
     first.communicate()
+    _, alive = psutil.wait_procs(descendants, timeout=30)
+    assert not alive, f"orphaned: {[p.cmdline() for p in alive]}"
     worker = peftlab("compare", "--worker", "--storage", storage, "--out", str(out), *HEARTBEAT)
     output, _ = worker.communicate(timeout=300)
     assert worker.returncode == 0, output

@@ -1,16 +1,27 @@
 """One run of a comparison as a process of its own: its peak memory, its time and its
 failure are its own, and a crash (a segfault, the kernel's out-of-memory killer) ends
 only that run. It is the ordinary `peftlab run` code path, fed the run's settings as a
-YAML file and the comparison's shared folder (shared_cache.py)."""
+YAML file and the comparison's shared folder (shared_cache.py).
+
+The process is forked from multiprocessing's forkserver, which imports torch,
+transformers and peft once per worker: a fresh interpreter spent ~5 s of a tiny trial
+importing them (2-core EPYC), paid again by every trial. Forking before any of them ran
+a kernel or touched a GPU is safe (no OpenMP team or CUDA context exists yet). Libraries
+read some environment variables (HF_HUB_OFFLINE, HF_HOME, ...) once, when imported: a
+run whose environment differs from the one the forkserver imported under starts as a
+fresh `python -m peftlab run` instead.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -20,6 +31,11 @@ from peftlab.record import RECORD_FILE
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "PEFTLAB_PARENT_PID"
+# What a run imports; the forkserver imports it once (cli.quiet_libraries: the rest).
+PRELOAD = ["peftlab.cli", "peftlab.run", "torch", "transformers", "peft", "accelerate"]
+# Set per child by child_env(); any other difference means a stale forkserver.
+PER_CHILD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+PER_CHILD_ENV += ("CUDA_VISIBLE_DEVICES", PARENT_ENV)
 
 
 def bind_to_parent() -> None:
@@ -58,24 +74,81 @@ def run_child(
     settings = run_dir / "settings.yaml"
     write_text_atomic(settings, yaml.safe_dump({**config, "out": str(run_dir)}, sort_keys=False))
     log_path = run_dir / "child.log"
-    command = [sys.executable, "-m", "peftlab", "run", "--config", str(settings)]
-    command += ["--shared-dir", str(shared)]
+    argv = ["run", "--config", str(settings), "--shared-dir", str(shared)]
     if trial is not None:
-        command += ["--trial", json.dumps(trial)]
+        argv += ["--trial", json.dumps(trial)]
+    env = child_env(threads, gpu)
+    start = forked if FORKSERVER.matches(os.environ) else fresh_interpreter
+    returncode = start(argv, log_path, env)
+    record_path = run_dir / RECORD_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if returncode == 0 and record.get("status") in ("done", "pruned"):
+        return {"record": record}
+    return {"error": describe_exit(returncode, log_path), "returncode": returncode}
+
+
+def fresh_interpreter(argv: list[str], log_path: Path, env: dict) -> int:
+    command = [sys.executable, "-m", "peftlab", *argv]
     with open(log_path, "ab") as log:
-        proc = subprocess.run(
+        return subprocess.run(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=child_env(threads, gpu),
+            env=env,
             check=False,
-        )
-    record_path = run_dir / RECORD_FILE
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if proc.returncode == 0 and record.get("status") in ("done", "pruned"):
-        return {"record": record}
-    return {"error": describe_exit(proc.returncode, log_path), "returncode": proc.returncode}
+        ).returncode
+
+
+def forked(argv: list[str], log_path: Path, env: dict) -> int:
+    """The run in a process forked from the forkserver; its exit status (-N: signal N)."""
+    process = FORKSERVER.context().Process(target=forked_main, args=(argv, str(log_path), env))
+    process.start()
+    process.join()
+    return process.exitcode
+
+
+def forked_main(argv: list[str], log_path: str, env: dict) -> None:
+    """In the forked process: the run's environment and log, then `peftlab run`. Its
+    parent is the forkserver, which exits when the worker does; bind_to_parent() makes
+    the kernel end the run then."""
+    os.environ.clear()
+    os.environ.update(env, **{PARENT_ENV: str(os.getppid())})
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(log, stream.fileno())
+    os.close(log)
+    from peftlab.cli import main
+
+    sys.exit(main(argv))
+
+
+class Forkserver:
+    """multiprocessing's forkserver with PRELOAD imported, and the environment it was
+    started under: runs whose environment differs cannot use it."""
+
+    def __init__(self):
+        self.env: dict | None = None
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def comparable(env) -> dict:
+        return {k: v for k, v in env.items() if k not in PER_CHILD_ENV}
+
+    def matches(self, env) -> bool:
+        with self.lock:
+            if self.env is None:
+                self.env = self.comparable(env)
+            return self.env == self.comparable(env)
+
+    def context(self):
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+
+
+FORKSERVER = Forkserver()
 
 
 def describe_exit(code: int, log_path: Path) -> str:

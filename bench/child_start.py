@@ -1,0 +1,62 @@
+"""What starting each run of a comparison costs: runs forked from the preloading
+forkserver (peftlab's default) vs a fresh `python -m peftlab run` per run.
+
+A small real comparison (MiniLM-L6 on Rotten Tomatoes, 2 methods x 2 seeds, tiny
+budgets, so starting is a large share), the two ways alternating over rounds in one
+window; the median wall time of each and their ratio are printed and written as JSON
+with the CPU's flags.
+
+    python bench/child_start.py --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from busy_machine import cpu_flags
+
+from peftlab import child
+from peftlab.cli import main as peftlab
+
+COMPARE = ["compare", "--model", "minilm-l6", "--dataset", "rotten_tomatoes"]
+COMPARE += ["--methods", "lora,ia3", "--seeds", "0,1", "--train-samples", "64"]
+COMPARE += ["--validation-samples", "32", "--test-samples", "64", "--forgetting-samples", "0"]
+
+
+def timed_compare(way: str, out: Path) -> float:
+    child.FORKSERVER.env = None if way == "forkserver" else {"never": "matches"}
+    started = time.perf_counter()
+    assert peftlab([*COMPARE, "--out", str(out)]) == 0
+    return round(time.perf_counter() - started, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/child_start.json"))
+    args = parser.parse_args()
+    seconds: dict[str, list[float]] = {"forkserver": [], "fresh": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_ in range(args.rounds):
+            for way in list(seconds)[:: 1 if round_ % 2 else -1]:
+                seconds[way].append(timed_compare(way, Path(scratch) / f"{way}{round_}"))
+                print(f"round {round_}: {way} {seconds[way][-1]} s", flush=True)
+    medians = {way: statistics.median(s) for way, s in seconds.items()}
+    result = {
+        "cpu_flags": cpu_flags(),
+        "runs_per_compare": 4,
+        "seconds": seconds,
+        "median_s": medians,
+        "fresh_over_forkserver": round(medians["fresh"] / medians["forkserver"], 2),
+    }
+    print(json.dumps(result, indent=1))
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
