@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from busy_machine import cpu_flags
+from busy_machine import summarize
 
 from peftlab import assets, data, models, threads
 from peftlab.config import RunConfig
@@ -66,17 +65,8 @@ def main() -> None:
                 print(f"round {round_}: {way} {seconds[way][-1]} s", flush=True)
     finally:
         burner.kill()
-    medians = {way: statistics.median(s) for way, s in seconds.items()}
-    result = {
-        "cpu_flags": cpu_flags(),
-        "cores": cores,
-        "burner": not args.idle,
-        "precision": args.precision,
-        "samples": args.samples,
-        "seconds": seconds,
-        "median_s": medians,
-        "fixed_over_governed": round(medians["fixed"] / medians["governed"], 2),
-    }
+    facts = {"cores": cores, "burner": not args.idle, "precision": args.precision}
+    result = summarize(seconds, "fixed", "governed", **facts, samples=args.samples)
     print(json.dumps(result, indent=1))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -43,6 +43,19 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in flags]
 
 
+def summarize(seconds: dict[str, list[float]], slower: str, faster: str, **facts) -> dict:
+    """Seconds per way, alternated in one window: their medians and the ratio, with the
+    CPU's flags, as the two-way benchmarks write them."""
+    medians = {way: statistics.median(s) for way, s in seconds.items()}
+    return {
+        "cpu_flags": cpu_flags(),
+        **facts,
+        "seconds": seconds,
+        "median_s": medians,
+        f"{slower}_over_{faster}": round(medians[slower] / medians[faster], 2),
+    }
+
+
 def start(out: Path, policy: tuple[dict, list[str]]) -> subprocess.Popen:
     unset = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
     env = {k: v for k, v in os.environ.items() if k not in unset}

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from busy_machine import cpu_flags
+from busy_machine import summarize
 
 from peftlab import child
 from peftlab.cli import main as peftlab
@@ -46,14 +45,7 @@ def main() -> None:
             for way in list(seconds)[:: 1 if round_ % 2 else -1]:
                 seconds[way].append(timed_compare(way, Path(scratch) / f"{way}{round_}"))
                 print(f"round {round_}: {way} {seconds[way][-1]} s", flush=True)
-    medians = {way: statistics.median(s) for way, s in seconds.items()}
-    result = {
-        "cpu_flags": cpu_flags(),
-        "runs_per_compare": 4,
-        "seconds": seconds,
-        "median_s": medians,
-        "fresh_over_forkserver": round(medians["fresh"] / medians["forkserver"], 2),
-    }
+    result = summarize(seconds, "fresh", "forkserver", runs_per_compare=4)
     print(json.dumps(result, indent=1))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
