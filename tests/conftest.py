@@ -46,6 +46,17 @@ def sentiment_csv(tmp_path_factory) -> Path:
     return tiny.write_csv(folder / "sentiment.csv", tiny.sentiment_rows(240))
 
 
+@pytest.fixture(scope="session")
+def tuned_comparison(tiny_llama, sentiment_csv, tmp_path_factory) -> Path:
+    """One finished `compare --tune` (lora, ia3) for the tests that only read it: the
+    tuning test checks its searches, the HTML test renders its report."""
+    from peftlab.cli import main
+
+    out = tmp_path_factory.mktemp("tuned") / "cmp"
+    assert main(tiny.tune_argv(tiny_llama, sentiment_csv, out)) == 0
+    return out
+
+
 @pytest.fixture
 def peftlab_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PEFTLAB_HOME", str(tmp_path / "home"))

@@ -11,36 +11,10 @@ from peftlab.cli import main
 from peftlab.methods import METHODS
 
 
-def tune_argv(model, data, out, methods="lora,ia3", extra=()):
-    return [
-        "compare",
-        "--methods",
-        methods,
-        "--seeds",
-        "0,1",
-        "--tune",
-        "lr",
-        "--trials",
-        "3",
-        "--jobs",
-        "2",
-        *tiny.where(model, data, out),
-        "--template",
-        "review: {text} sentiment:",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        *tiny.ALL_ROWS,
-        *extra,
-    ]
-
-
 def test_tune_searches_each_method_on_validation_then_runs_the_best_over_seeds(
-    tiny_llama, sentiment_csv, tmp_path
+    tuned_comparison,
 ):
-    out = tmp_path / "cmp"
-    assert main(tune_argv(tiny_llama, sentiment_csv, out)) == 0
+    out = tuned_comparison
     board = json.loads((out / "compare.json").read_text())
     for method in ("lora", "ia3"):
         search = board["searches"][method]

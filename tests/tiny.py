@@ -253,3 +253,29 @@ ALL_ROWS = ["--train-samples", "0", "--validation-samples", "0", "--test-samples
 def where(model, data, out) -> list[str]:
     """The --model/--dataset/--out flags every tiny end-to-end run starts from."""
     return ["--model", str(model), "--dataset", str(data), "--out", str(out)]
+
+
+def tune_argv(model, data, out, methods="lora,ia3", extra=()) -> list[str]:
+    """A tuned comparison on the tiny model: 3 trials per method, then 2 seeds."""
+    return [
+        "compare",
+        "--methods",
+        methods,
+        "--seeds",
+        "0,1",
+        "--tune",
+        "lr",
+        "--trials",
+        "3",
+        "--jobs",
+        "2",
+        *where(model, data, out),
+        "--template",
+        "review: {text} sentiment:",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        *ALL_ROWS,
+        *extra,
+    ]
