@@ -255,12 +255,12 @@ def where(model, data, out) -> list[str]:
     return ["--model", str(model), "--dataset", str(data), "--out", str(out)]
 
 
-def tune_argv(model, data, out, methods="lora,ia3", extra=()) -> list[str]:
+def tune_argv(model, data, out) -> list[str]:
     """A tuned comparison on the tiny model: 3 trials per method, then 2 seeds."""
     return [
         "compare",
         "--methods",
-        methods,
+        "lora,ia3",
         "--seeds",
         "0,1",
         "--tune",
@@ -277,5 +277,4 @@ def tune_argv(model, data, out, methods="lora,ia3", extra=()) -> list[str]:
         "--batch-size",
         "16",
         *ALL_ROWS,
-        *extra,
     ]
