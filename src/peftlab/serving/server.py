@@ -85,7 +85,10 @@ class Server:
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets
+    # whose proto is IPPROTO_TCP; with Nagle on, every request on a kept-alive connection
+    # waited out the client's 40 ms delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
