@@ -8,8 +8,10 @@ transformers and peft once per worker: a fresh interpreter spent ~5 s of a tiny 
 importing them (2-core EPYC), paid again by every trial. Forking before any of them ran
 a kernel or touched a GPU is safe (no OpenMP team or CUDA context exists yet). Libraries
 read some environment variables (HF_HUB_OFFLINE, HF_HOME, ...) once, when imported: a
-run whose environment differs from the one the forkserver imported under starts as a
-fresh `python -m peftlab run` instead.
+run whose environment differs from the one the forkserver imported under gets a new
+forkserver (a later comparison in the same Python session, with other settings), or,
+while runs forked from the old one are still going, starts as a fresh
+`python -m peftlab run`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
@@ -78,8 +81,13 @@ def run_child(
     if trial is not None:
         argv += ["--trial", json.dumps(trial)]
     env = child_env(threads, gpu)
-    start = forked if FORKSERVER.matches(os.environ) else fresh_interpreter
-    returncode = start(argv, log_path, env)
+    if FORKSERVER.acquire(os.environ):
+        try:
+            returncode = forked(argv, log_path, env)
+        finally:
+            FORKSERVER.release()
+    else:
+        returncode = fresh_interpreter(argv, log_path, env)
     record_path = run_dir / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if returncode == 0 and record.get("status") in ("done", "pruned"):
@@ -126,21 +134,45 @@ def forked_main(argv: list[str], log_path: str, env: dict) -> None:
 
 class Forkserver:
     """multiprocessing's forkserver with PRELOAD imported, and the environment it was
-    started under: runs whose environment differs cannot use it."""
+    started under. A run in another environment restarts it when no run forked from it
+    is alive (stopping it would end them: bind_to_parent); else it cannot use it."""
 
     def __init__(self):
+        self.enabled = True  # False: every run a fresh interpreter (bench/child_start.py)
         self.env: dict | None = None
+        self.in_flight = 0
         self.lock = threading.Lock()
 
     @staticmethod
     def comparable(env) -> dict:
         return {k: v for k, v in env.items() if k not in PER_CHILD_ENV}
 
-    def matches(self, env) -> bool:
+    def acquire(self, env) -> bool:
+        """True: fork the run from the forkserver (call release() after it)."""
+        wanted = self.comparable(env)
         with self.lock:
-            if self.env is None:
-                self.env = self.comparable(env)
-            return self.env == self.comparable(env)
+            if not self.enabled:
+                return False
+            if self.env != wanted:
+                if self.in_flight or (self.env is not None and not self.stop_started()):
+                    return False
+                self.env = wanted
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def stop_started(self) -> bool:
+        """Stop the running forkserver, so the next fork starts a new one under
+        the current environment. multiprocessing offers no public way; its own tests use
+        _stop() (Python 3.8-3.14): without it, False (the caller starts a fresh process)."""
+        stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
+        if stop is None:
+            return False
+        stop()
+        return True
 
     def context(self):
         ctx = multiprocessing.get_context("forkserver")
