@@ -25,9 +25,10 @@ demo: setup
 test: setup lint
 	$(BIN)/python -m pytest --durations=20
 
-# For iterating: all but the slow tests on the real built-in model and data.
+# For iterating: all but the slow tests on the real built-in model and data and the
+# multi-process ones (workers beside CPU burners, torchrun).
 test-fast: setup lint
-	$(BIN)/python -m pytest -m "not slow" --durations=10
+	$(BIN)/python -m pytest -m "not slow and not processes" --durations=10
 
 # peftlab vs the stock Trainer + peft pipeline (fp32 and bf16), alternating, 3 rounds:
 # writes bench/results.json. Not part of the tests; about an hour on 2 CPU cores.

@@ -66,6 +66,7 @@ def test_resume_with_another_process_count_is_refused(tmp_path):
     check_process_count(RunRecord(tmp_path, {"environment": {"num_processes": 1}}), tmp_path)
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 def test_torchrun_two_processes_one_run_directory(tiny_llama, tmp_path):
     from peft import PeftModel

@@ -104,6 +104,7 @@ def test_a_worker_beats_as_often_as_its_comparison_asks(tmp_path):
     assert storage.get_heartbeat_interval() == 5 and study.study_name == "peftlab-compare-x"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_workers_run_every_trial_exactly_once(
     backend, tiny_llama, sentiment_csv, tmp_path, request, busy_cpus
@@ -136,6 +137,7 @@ def test_two_workers_run_every_trial_exactly_once(
     }
 
 
+@pytest.mark.processes
 def test_a_killed_workers_run_is_retried_by_another(tiny_llama, sentiment_csv, tmp_path):
     out = tmp_path / "cmp"
     storage = f"sqlite:///{out / 'study.db'}"
@@ -168,6 +170,7 @@ def test_a_killed_workers_run_is_retried_by_another(tiny_llama, sentiment_csv, t
     assert board["rows"][0]["seeds"] == [0, 1, 2] and not board["failures"]
 
 
+@pytest.mark.processes
 def test_a_worker_joins_a_tuned_comparison(tiny_llama, sentiment_csv, tmp_path, busy_cpus):
     """A worker started without --study finds the comparison (not one of its tuning
     studies), takes tuning trials and final runs, and each runs exactly once."""
