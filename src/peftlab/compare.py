@@ -249,6 +249,9 @@ def compare(
 
     records, failures, searches = load_records(run_dirs), [], {}
     if methods:
+        if base.track.report_to and not base.track.project:
+            base = copy.deepcopy(base)
+            base.track.project = out.resolve().name  # every run under one experiment
         ran, failures, searches = run_all(
             base, methods, seeds, out, execution or Execution(), tune, log
         )

@@ -267,12 +267,29 @@ class TrainArgs:
 
 
 @dataclass
+class TrackArgs:
+    report_to: list[str] | None = arg(
+        None,
+        "Experiment trackers to log to, comma-separated: tensorboard, mlflow, wandb, trackio, "
+        "comet_ml, aim, clearml, dvclive, swanlab (accelerate's trackers; each needs its "
+        "package). TensorBoard writes into the run directory, MLflow follows "
+        "MLFLOW_TRACKING_URI, W&B follows WANDB_MODE.",
+    )
+    project: str | None = arg(
+        None,
+        "Tracker experiment/project name (default: 'peftlab'; a comparison's runs: the "
+        "comparison folder's name).",
+    )
+
+
+@dataclass
 class RunConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     task: TaskArgs = field(default_factory=TaskArgs)
     method: MethodArgs = field(default_factory=MethodArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    track: TrackArgs = field(default_factory=TrackArgs)
     out: str | None = arg(None, "Run directory (default: runs/<timestamp>-<name>).")
     name: str | None = arg(None, "Run name (default: <method>-<model>-<dataset>).")
 
@@ -364,6 +381,10 @@ class RunConfig:
             raise ConfigError("data.template", d.template, "include a {text} slot")
         if d.labels is not None and len(set(d.labels)) != len(d.labels):
             raise ConfigError("data.labels", d.labels, "give each label once")
+        if self.track.report_to:
+            from peftlab.tracking import check_trackers
+
+            check_trackers(self.track.report_to)
         return self
 
 
@@ -388,7 +409,7 @@ def _fraction(cfg, section, name, upper_inclusive=False):
         raise ConfigError(field_path(cfg, section, name), value, "use a fraction in [0, 1)")
 
 
-SECTIONS = ("model", "data", "task", "method", "train")
+SECTIONS = ("model", "data", "task", "method", "train", "track")
 SAMPLE_FIELDS = ("train_samples", "validation_samples", "test_samples")
 
 

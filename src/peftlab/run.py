@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from peftlab.tasks import TASK_SPECS
 from peftlab.tasks.classification import Encoded
 from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.tasks.text_formats import TextItem
+from peftlab.tracking import Tracking, scalars
 from peftlab.train import train
 
 
@@ -62,7 +64,37 @@ def run(
             raise
 
 
+@dataclass
+class Prepared:
+    """What a run has once its model, data and run directory are ready."""
+
+    cfg: RunConfig
+    run_dir: Path
+    record: RunRecord
+    model: object
+    method: object
+    tokenizer: object
+    info: object
+    task: object
+    items: dict
+    quantized: bool
+    shared_dir: Path | None
+
+
 def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_validation):
+    prepared = prepare(cfg, run_dir, log, shared_dir)
+    with Tracking.start(cfg, run_dir, prepared.record) as tracking:
+        if tracking.trackers:
+            log(f"tracking: {tracking.where(run_dir)}")
+        prepared.record.save()
+        train_and_score(prepared, tracking, log, on_validation)
+    distributed.barrier()  # everyone returns once the run directory is complete
+    return prepared.record
+
+
+def prepare(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> Prepared:
+    """Model, method, data and the run directory's record, in the order that checks
+    everything a user can get wrong before the run directory is created."""
     cpu_threads = threads.configure(cfg.train.threads)
     seed_everything(cfg.train.seed)
     with distributed.main_first():  # a built-in model is converted once, by rank 0
@@ -81,7 +113,6 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_vali
         model.to(distributed.device())  # this process's own GPU when there are several
     seed_everything(cfg.train.seed)
     model = method.attach(model, cfg.method, info)
-    trainable, total = count_parameters(model)
 
     # Everything a user can get wrong has been checked: only now create the run directory.
     record = open_record(run_dir, cfg)
@@ -96,27 +127,38 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_vali
     )
     record["environment"]["threads"] = cpu_threads
     record["data"] = data_summary(dataset, task)
+    return Prepared(cfg, run_dir, record, model, method, tokenizer, info, task, items,
+                    bool(extra), shared_dir)  # fmt: skip
+
+
+def train_and_score(p: Prepared, tracking: Tracking, log, on_validation) -> None:
+    """Base scores, training, test scores, adapter and report."""
+    cfg, record, model, task = p.cfg, p.record, p.model, p.task
+    trainable, total = count_parameters(model)
     testing = cfg.train.score_on == "test"  # else a tuning trial: validation only
     if testing:
-        evaluate_base(record, model, task, items["test"], cfg, shared_dir, bool(extra), log)
-    resuming = (run_dir / "checkpoint").is_dir() or "train" in record
+        evaluate_base(record, model, task, p.items["test"], cfg, p.shared_dir, p.quantized, log)
+        tracking.log(scalars("test_base", record["before"]), step=0)
+    resuming = (p.run_dir / "checkpoint").is_dir() or "train" in record
     probe = (
-        forgetting.Probe.start(cfg, info, tokenizer, model, run_dir, resuming) if testing else None
+        forgetting.Probe.start(cfg, p.info, p.tokenizer, model, p.run_dir, resuming)
+        if testing
+        else None
     )
-
     log(
-        f"{method.name}: {trainable:,} trainable of {total:,} parameters "
+        f"{p.method.name}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.4f}%)"
     )
     result = train(
         model,
         task,
-        items["train"],
-        items["validation"],
+        p.items["train"],
+        p.items["validation"],
         cfg.train,
-        run_dir / "checkpoint",
+        p.run_dir / "checkpoint",
         log=log,
         on_validation=on_validation,
+        track=tracking.log,
     )
     record["train"] = {
         **result,
@@ -126,22 +168,20 @@ def execute(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None, on_vali
     }
     record.save()
     if testing:
-        score_on_test(record, model, task, items["test"], cfg, probe, log)
+        score_on_test(record, model, task, p.items["test"], cfg, probe, log)
         if distributed.is_main():
             record["adapter"] = save_artifact(
                 model,
-                tokenizer,
-                run_dir / "adapter",
-                manifest(cfg, info, tokenizer, record),
-                method.kind,
+                p.tokenizer,
+                p.run_dir / "adapter",
+                manifest(cfg, p.info, p.tokenizer, record),
+                p.method.kind,
             )
     else:
         metric, _ = task.validation
         record["validation"] = {metric: result["best_validation"], "metric": metric}
         log(f"validation {metric}: {result['best_validation']:.4f} (best of the run)")
-    finish(record)
-    distributed.barrier()  # everyone returns once the run directory is complete
-    return record
+    finish(record, tracking)
 
 
 def score_on_test(record, model, task, test_items, cfg: RunConfig, probe, log) -> None:
@@ -205,7 +245,7 @@ def evaluate_base(record, model, task, test_items, cfg, shared_dir, quantized, l
     log(summary_line("base", record["before"], cfg.task.name))
 
 
-def finish(record: RunRecord) -> None:
+def finish(record: RunRecord, tracking: Tracking) -> None:
     """Report, then "done" as the very last word: a run killed before it resumes and ends
     here; one killed after it is complete. The checkpoint only served --resume."""
     record.pop("error", None)
@@ -213,6 +253,7 @@ def finish(record: RunRecord) -> None:
         write_report(record)
     record["status"] = "done"
     record.save()
+    tracking.log_outcome(record)
     if distributed.is_main():
         clean_finished(record.run_dir)
 

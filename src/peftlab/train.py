@@ -206,11 +206,14 @@ def train(
     checkpoint_dir: Path,
     log=print,
     on_validation=None,
+    track=None,
 ) -> dict:
     """Train `model` in place; return the training record (timing, history, best).
 
     on_validation(index, value, final) hears each validation score (a tuning trial reports
-    it to its pruner, which may stop the run by raising TrialPruned)."""
+    it to its pruner, which may stop the run by raising TrialPruned). track(values, step)
+    hears each step's loss and rate and each validation's scores (tracking.py)."""
+    track = track or (lambda values, step: None)
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -249,6 +252,7 @@ def train(
         entry = {"step": state.step, "epoch": state.epoch}
         entry.update({k: metrics[k] for k in task.validation_keys})
         state.evals.append(entry)
+        track({f"validation/{k}": metrics[k] for k in task.validation_keys}, state.step)
         value = metrics[metric]
         improved = state.best_metric is None or (
             value > state.best_metric if higher_is_better else value < state.best_metric
@@ -318,6 +322,8 @@ def train(
                         "lr": scheduler.get_last_lr()[0],
                     }
                 )
+                entry = state.history[-1]
+                track({"train/loss": loss, "train/lr": entry["lr"]}, state.step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if bar.disable:  # no live bar: log lines
