@@ -16,6 +16,7 @@ TRAIN = ["--epochs", "2", "--batch-size", "16", "--validations", "2", *tiny.ALL_
 def mlflow_store(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a SQLite store's artifacts in ./mlruns
     return uri
 
 
@@ -102,7 +103,7 @@ def test_a_failed_run_is_marked_failed_and_its_resume_goes_on_in_the_same_run(
 ):
     from mlflow import MlflowClient
 
-    from peftlab import run as runs
+    from peftlab import pipeline as runs
 
     real_train = runs.train
 
