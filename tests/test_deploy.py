@@ -95,7 +95,21 @@ def test_merge_writes_a_model_plain_transformers_loads(llama_adapter, tmp_path, 
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in name for name, _ in model.named_parameters())
     manifest = json.loads((out / "peftlab.json").read_text())
-    assert manifest["merge_check"]["max_abs_diff"] <= 1e-4
+    check = manifest["merge_check"]
+    assert check["max_abs_diff"] <= 1e-4
+    assert check["max_rel_diff"] == check["max_abs_diff"] / check["logit_scale"]
+
+
+def test_merge_tolerance_is_relative_to_the_logits_scale():
+    """fp32 rounding on logits around 20 (SmolLM2: 1.06e-4) passes the default 1e-4; a
+    merge that is 1% off fails at any scale; small logits are compared absolutely."""
+    from peftlab.merge import difference
+
+    logits = 20 * torch.linspace(-1, 1, 50)
+    assert difference(logits, logits + 1.06e-4)[2] < 1e-4
+    assert difference(logits, logits * 1.01)[2] > 1e-4
+    assert difference(logits / 100, logits / 100 * 1.01)[2] > 1e-4
+    assert difference(logits / 100, logits / 100 + 2e-4)[2] > 1e-4
 
 
 def test_merge_of_a_linear_head_model_keeps_the_trained_head(bert_adapter, tmp_path, capsys):
