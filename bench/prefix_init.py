@@ -15,7 +15,7 @@ from peftlab.cli import quiet_libraries
 from peftlab.config import RunConfig
 from peftlab.evaluate import evaluate
 from peftlab.methods import base_model, get_method
-from peftlab.run import seed_everything
+from peftlab.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
 

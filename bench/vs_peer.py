@@ -86,7 +86,7 @@ def case_config(name: str) -> dict:
 
 def run_peftlab(case: dict) -> dict:
     from peftlab.config import RunConfig
-    from peftlab.run import run
+    from peftlab.pipeline import run
 
     cfg = RunConfig()
     cfg.model.name, cfg.model.max_length = case["model"], case["max_length"]

@@ -8,7 +8,7 @@ import torch
 from peftlab import assets, data, models
 from peftlab.config import RunConfig
 from peftlab.methods import METHODS
-from peftlab.run import seed_everything
+from peftlab.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
 # (architecture, task): classification for decoders and encoders, summarization for

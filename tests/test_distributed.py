@@ -55,8 +55,8 @@ def test_weight_hash_covers_trainable_weights_and_differing_ranks_are_an_error(m
 
 def test_resume_with_another_process_count_is_refused(tmp_path):
     from peftlab.errors import PeftlabError
+    from peftlab.pipeline import check_process_count
     from peftlab.record import RunRecord
-    from peftlab.run import check_process_count
 
     record = RunRecord(tmp_path, {"environment": {"num_processes": 2}})
     check_process_count(record, tmp_path)  # no checkpoint: nothing to continue

@@ -8,7 +8,7 @@ import json
 import pytest
 import tiny
 
-from peftlab import run as run_module
+from peftlab import pipeline as run_module
 from peftlab.cli import main
 
 QUICK = [

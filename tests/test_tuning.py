@@ -108,7 +108,7 @@ def test_pruner_stops_a_trial_behind_the_startup_trials_at_a_rung():
 def test_a_default_outside_its_range_widens_the_range_it_is_searched_and_reported_in():
     from types import SimpleNamespace
 
-    from peftlab.compare import Tuning, plan_search, searched_ranges
+    from peftlab.comparison import Tuning, plan_search, searched_ranges
     from peftlab.config import RunConfig
 
     cfg = RunConfig()

@@ -9,3 +9,14 @@ import os
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 __version__ = "0.1.0"
+
+# The Python API (api.py), imported when first used: `import peftlab` stays quick.
+__all__ = ["compare", "list_methods", "load_adapter", "run"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from peftlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'peftlab' has no attribute {name!r}")

@@ -35,7 +35,7 @@ from peftlab.record import RECORD_FILE
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "PEFTLAB_PARENT_PID"
 # What a run imports; the forkserver imports it once (cli.quiet_libraries: the rest).
-PRELOAD = ["peftlab.cli", "peftlab.run", "torch", "transformers", "peft", "accelerate"]
+PRELOAD = ["peftlab.cli", "peftlab.pipeline", "torch", "transformers", "peft", "accelerate"]
 # Set per child by child_env(); any other difference means a stale forkserver.
 PER_CHILD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PER_CHILD_ENV += ("CUDA_VISIBLE_DEVICES", PARENT_ENV)

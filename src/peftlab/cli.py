@@ -70,8 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from peftlab.distributed import is_main
+    from peftlab.pipeline import resume, run
     from peftlab.report import before_after_table
-    from peftlab.run import resume, run
 
     if args.resume:
         given = [k for k in vars(args) if "." in k or k in ("out", "name")]
@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def tuning_of(args: argparse.Namespace, methods: list[str]):
     """--tune FIELDS --trials K, checked (None without --tune)."""
-    from peftlab.compare import Tuning
+    from peftlab.comparison import Tuning
     from peftlab.config import coerce
     from peftlab.tuning import parse_fields
 
@@ -127,8 +127,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from peftlab.compare import Execution, compare, join
     from peftlab.compare_report import markdown_table, summary
+    from peftlab.comparison import Execution, compare, join
     from peftlab.config import coerce
 
     if args.jobs < 1 or args.heartbeat <= 0:
@@ -204,8 +204,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     result = merge(Path(args.adapter), Path(args.out), args.base, args.tolerance)
     print(
         f"merged {result['method']} into {result['base_model']}: {args.out}\n"
-        f"largest output difference, merged vs adapter: {result['max_abs_diff']:.3g} "
-        f"over {result['inputs']} sample inputs (tolerance {args.tolerance:g})"
+        f"largest output difference, merged vs adapter: {result['max_abs_diff']:.3g} on "
+        f"logits up to {result['logit_scale']:.3g}, {result['max_rel_diff']:.3g} of their "
+        f"scale, over {result['inputs']} sample inputs (tolerance {args.tolerance:g})"
     )
     return 0
 
@@ -482,7 +483,8 @@ def add_merge_parser(sub) -> None:
         "--tolerance",
         type=float,
         default=1e-4,
-        help="largest allowed output difference, merged vs adapter (default: 1e-4)",
+        help="largest allowed output difference, merged vs adapter, as a share of the "
+        "logits' largest magnitude (float rounding grows with it; default: 1e-4)",
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from peftlab.fsutil import write_text_atomic
 from peftlab.leaderboard import COSTS
 from peftlab.recommendation import not_learned_methods
-from peftlab.report import moving_mean, pyplot, save_figure
+from peftlab.report import moving_mean, save_figure, subplots
 
 TITLES = {"accuracy": "test accuracy", "f1": "macro-F1", "gen_len": "gen length"}
 COST_COLUMNS = [
@@ -244,9 +244,8 @@ def html_list(name: str, lines: list[str]) -> str:
 
 
 def plot_metric_vs_params(board: dict, path: Path) -> None:
-    plt = pyplot()
     metric = board.get("metric", "accuracy")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for row in board["rows"]:
         ax.errorbar(
             max(row["trainable_params"], 1),
@@ -270,13 +269,11 @@ def plot_metric_vs_params(board: dict, path: Path) -> None:
     ax.set_ylabel(f"test {metric}")
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_cost(board: dict, path: Path) -> None:
-    plt = pyplot()
     rows = board["rows"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = subplots(1, 2, figsize=(9, 3.5))
     names = [r["method"] for r in rows]
     left.bar(names, [r["train_s"] for r in rows])
     left.set_ylabel("train time (s)")
@@ -286,12 +283,10 @@ def plot_cost(board: dict, path: Path) -> None:
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_loss_curves(records: list[dict], path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     shown = set()
     for record in records:
         method = record["config"]["method"]["name"]
@@ -310,14 +305,12 @@ def plot_loss_curves(records: list[dict], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_pareto(board: dict, path: Path) -> None:
     """The metric against each cost; the Pareto front (no method better on both) joined."""
-    plt = pyplot()
     metric = board.get("metric", "accuracy")
-    fig, axes = plt.subplots(1, len(COSTS), figsize=(4 * len(COSTS), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(COSTS), figsize=(4 * len(COSTS), 3.6), squeeze=False)
     unlearned = not_learned_methods(board)  # not drawn
     for ax, (cost, title) in zip(axes[0], COSTS.items(), strict=True):
         front = set(board.get("pareto", {}).get(cost, []))
@@ -346,14 +339,12 @@ def plot_pareto(board: dict, path: Path) -> None:
     )
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_search(board: dict, path: Path) -> None:
     """Each method's tuning trials: validation score against learning rate; pruned
     trials at their last reported score, as crosses."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     for method, search in board["searches"].items():
         done = [
             (t["params"].get("lr"), t["value"])
@@ -375,4 +366,3 @@ def plot_search(board: dict, path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)

@@ -119,13 +119,14 @@ def write_report(record) -> Path:
     return path
 
 
-def pyplot():
-    import matplotlib
+def subplots(*args, figsize: tuple, **kwargs):
+    """A figure made without pyplot: no backend is chosen for the process, so a
+    notebook's own (inline) backend is left alone; matplotlib.use("Agg") switched it
+    off for the rest of the session."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*args, **kwargs)
 
 
 def moving_mean(values: list[float], window: int) -> list[float]:
@@ -140,8 +141,7 @@ def plot_loss(record: dict, path: Path) -> bool:
     history = record["train"]["history"]
     if not history:
         return False
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["loss"] for h in history], alpha=0.35, label="train loss (per step)")
     window = max(1, len(history) // 20)
@@ -157,7 +157,6 @@ def plot_loss(record: dict, path: Path) -> bool:
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
     return True
 
 
@@ -184,9 +183,8 @@ def generations_section(record: dict, clip: int = 400) -> list[str]:
 
 
 def plot_bars(record: dict, path: Path) -> bool:
-    plt = pyplot()
     keys = list(spec_of(record).scores)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     x = range(len(keys))
     before = [record["before"][k] for k in keys]
     after = [record["after"][k] for k in keys]
@@ -202,7 +200,6 @@ def plot_bars(record: dict, path: Path) -> bool:
     ax.legend(loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
     return True
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from peftlab import study as studies
 from peftlab import tuning
 from peftlab.child import run_child
+from peftlab.pipeline import say
 from peftlab.record import RECORD_FILE, RunRecord
-from peftlab.run import say
 from peftlab.tasks import spec_of
 
 POLL_S = 2.0  # how often an idle worker looks for work while others still run

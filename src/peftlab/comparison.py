@@ -23,8 +23,8 @@ from peftlab.config import RunConfig
 from peftlab.errors import PeftlabError
 from peftlab.fsutil import write_json_atomic
 from peftlab.leaderboard import leaderboard
+from peftlab.pipeline import say
 from peftlab.record import RunRecord
-from peftlab.run import say
 from peftlab.tasks import TASK_SPECS
 from peftlab.workers import Comparison, finished, work
 
