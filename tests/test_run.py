@@ -1,6 +1,7 @@
 """End-to-end `peftlab run` on tiny in-process models and a local CSV."""
 
 import json
+from pathlib import Path
 
 import pytest
 import tiny
@@ -78,9 +79,45 @@ def test_label_word_run_on_tiny_llama(tiny_llama, sentiment_csv, tmp_path, metho
         assert 0 < record["train"]["trainable_percent"] < 50
     else:
         assert record["train"]["trainable_percent"] == 100
-    for name in ("report.md", "loss.png", "before_after.png"):
-        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert (tmp_path / "run" / "report.md").stat().st_size > 0
+    for name in ("loss.png", "before_after.png"):
+        assert_drawn(tmp_path / "run" / name)
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def assert_drawn(path) -> None:
+    """A plot of the expected size with something drawn on it (not blank)."""
+    from PIL import Image
+
+    image = Image.open(path).convert("L")
+    assert image.width >= 500 and image.height >= 350, image.size
+    assert len(set(image.getdata())) > 20  # lines, text and antialiasing: many grey levels
+    assert image.getextrema() == (0, 255) or image.getextrema()[0] < 100  # dark ink on white
+
+
+def test_plots_are_titled_with_method_model_data_and_size(
+    tiny_llama, sentiment_csv, tmp_path, monkeypatch
+):
+    """Read back through matplotlib's own objects: titles, labelled axes, integer step
+    ticks, validation points on the loss curve, legends outside the axes."""
+    from peftlab import report
+
+    record = run_cli(tiny_llama, sentiment_csv, tmp_path / "run", "--validations", "2")
+    drawn = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: drawn.update({path.name: fig}))
+    report.plot_loss(record, tmp_path / "loss.png")
+    report.plot_bars(record, tmp_path / "before_after.png")
+    name = Path(record["config"]["model"]["name"]).name
+    for file, split in (("loss.png", "train"), ("before_after.png", "test")):
+        (ax,) = drawn[file].axes
+        n = record["data"]["sizes"][split]
+        assert ax.get_title() == f"lora on {name}, sentiment.csv: {n} {split} examples"
+        assert ax.get_ylabel() and ax.get_legend() is None and drawn[file].legends
+    loss_ax = drawn["loss.png"].axes[0]
+    assert loss_ax.get_xlabel() == "optimizer step"
+    assert all(float(t).is_integer() for t in loss_ax.get_xticks())
+    validation = [line for line in loss_ax.get_lines() if line.get_label() == "validation loss"]
+    assert list(validation[0].get_xdata()) == [e["step"] for e in record["train"]["evals"]]
 
 
 def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_csv, tmp_path):

@@ -2,6 +2,7 @@
 over the seeds beside the defaults, and the leaderboard's statistics."""
 
 import json
+from pathlib import Path
 
 import pytest
 import tiny
@@ -120,3 +121,25 @@ def test_a_default_outside_its_range_widens_the_range_it_is_searched_and_reporte
     assert ranges["weight_decay"]["range"] == "uniform [0, 0.5]"
     assert ranges["lr"]["range"] == "log-uniform [0.0001, 0.01]"
     assert ranges["lr"]["source"] == tuning.LEARNING_RATES["lora"].source
+
+
+def test_comparison_plots_say_what_they_show(tuned_comparison, tiny_llama, monkeypatch):
+    """Every plot of a comparison is titled with the model, data, sizes and seeds, its
+    axes labelled, its legend outside the axes (covering no point)."""
+    from peftlab import compare_report
+
+    out = tuned_comparison
+    board = json.loads((out / "compare.json").read_text())
+    records = [json.loads(p.read_text()) for d in board["rows"] for p in
+               (Path(run) / "run.json" for run in d["run_dirs"])]  # fmt: skip
+    drawn = {}
+    monkeypatch.setattr(compare_report, "save_figure", lambda fig, p: drawn.update({p.name: fig}))
+    compare_report.write_compare_report(board, records, out)
+    assert set(drawn) == {*compare_report.PLOTS, "search.png"}
+    about = compare_report.subject(board, records)
+    assert about.startswith(f"{tiny_llama.name}, sentiment.csv: ") and about.endswith("2 seed(s)")
+    for name, fig in drawn.items():
+        titles = [ax.get_title() for ax in fig.axes] + [fig.get_suptitle()]
+        assert any(about in title for title in titles), name
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is None, name

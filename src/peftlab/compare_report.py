@@ -9,7 +9,7 @@ from pathlib import Path
 from peftlab.fsutil import write_text_atomic
 from peftlab.leaderboard import COSTS
 from peftlab.recommendation import not_learned_methods
-from peftlab.report import moving_mean, save_figure, subplots
+from peftlab.report import legend_below, moving_mean, save_figure, subplots
 
 TITLES = {"accuracy": "test accuracy", "f1": "macro-F1", "gen_len": "gen length"}
 COST_COLUMNS = [
@@ -183,13 +183,14 @@ def markdown_report(board: dict, plots: list[str]) -> str:
 
 
 def write_compare_report(board: dict, records: list[dict], out: Path) -> None:
-    plot_metric_vs_params(board, out / "metric_vs_params.png")
-    plot_cost(board, out / "cost.png")
-    plot_loss_curves(records, out / "loss_curves.png")
-    plot_pareto(board, out / "pareto.png")
+    about = subject(board, records)
+    plot_metric_vs_params(board, out / "metric_vs_params.png", about)
+    plot_cost(board, out / "cost.png", about)
+    plot_loss_curves(records, out / "loss_curves.png", about)
+    plot_pareto(board, out / "pareto.png", about)
     plots = list(PLOTS)
     if board.get("searches"):
-        plot_search(board, out / "search.png")
+        plot_search(board, out / "search.png", about)
         plots.append("search.png")
     write_text_atomic(out / "compare.md", markdown_report(board, plots))
     write_text_atomic(out / "compare.html", html_page(board, out, plots))
@@ -243,9 +244,20 @@ def html_list(name: str, lines: list[str]) -> str:
     return f'<ul id="{name}">{items}</ul>'
 
 
-def plot_metric_vs_params(board: dict, path: Path) -> None:
+def subject(board: dict, records: list[dict]) -> str:
+    """'<model>, <data>: <n> train / <n> test examples, <k> seed(s)' for plot titles."""
+    if not records:
+        return ""
+    config, sizes = records[0]["config"], records[0].get("data", {}).get("sizes", {})
+    names = [Path(config[k]["name"]).name for k in ("model", "data")]
+    seeds = max((len(r["seeds"]) for r in board["rows"]), default=1)
+    counts = f": {sizes.get('train')} train / {sizes.get('test')} test examples" if sizes else ""
+    return f"{names[0]}, {names[1]}{counts}, {seeds} seed(s)"
+
+
+def plot_metric_vs_params(board: dict, path: Path, about: str) -> None:
     metric = board.get("metric", "accuracy")
-    fig, ax = subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     for row in board["rows"]:
         ax.errorbar(
             max(row["trainable_params"], 1),
@@ -263,17 +275,18 @@ def plot_metric_vs_params(board: dict, path: Path) -> None:
         )
     if board["rows"]:
         ax.axhline(board["rows"][0]["base"], color="grey", linestyle="--", label="base model")
-        ax.legend()
+        legend_below(fig)
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.15)  # room for the method names
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(f"test {metric}")
-    fig.tight_layout()
+    ax.set_ylabel(f"test {metric} (bars: std over seeds)")
+    ax.set_title(f"Test {metric} vs trainable parameters\n{about}", fontsize=10)
     save_figure(fig, path)
 
 
-def plot_cost(board: dict, path: Path) -> None:
+def plot_cost(board: dict, path: Path, about: str) -> None:
     rows = board["rows"]
-    fig, (left, right) = subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = subplots(1, 2, figsize=(9, 4))
     names = [r["method"] for r in rows]
     left.bar(names, [r["train_s"] for r in rows])
     left.set_ylabel("train time (s)")
@@ -281,33 +294,36 @@ def plot_cost(board: dict, path: Path) -> None:
     right.set_ylabel("peak memory (MB)")
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
+        ax.set_xlabel("method")
+    fig.suptitle(f"Training cost per method (mean over seeds)\n{about}", fontsize=10)
     save_figure(fig, path)
 
 
-def plot_loss_curves(records: list[dict], path: Path) -> None:
-    fig, ax = subplots(figsize=(6, 4))
-    shown = set()
+def plot_loss_curves(records: list[dict], path: Path, about: str) -> None:
+    """One colour per method; its seeds' runs share it, each in a line style of its own."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = subplots(figsize=(6.5, 4.5))
+    colors, styles = {}, ["-", "--", ":", "-."]
     for record in records:
         method = record["config"]["method"]["name"]
+        first = method not in colors
+        color = colors.setdefault(method, f"C{len(colors) % 10}")
+        seed = record["config"]["train"]["seed"]
         history = record["train"]["history"]
         window = max(1, len(history) // 20)
         smooth = moving_mean([h["loss"] for h in history], window)
-        ax.plot(
-            [h["step"] for h in history],
-            smooth,
-            alpha=0.8,
-            label=method if method not in shown else None,
-        )
-        shown.add(method)
+        ax.plot([h["step"] for h in history], smooth, color=color, alpha=0.85,
+                linestyle=styles[seed % len(styles)], label=method if first else None)  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train loss (moving mean over 5% of the steps)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_ylabel("training loss (moving mean over 5% of the steps)")
+    ax.set_title(f"Training loss, each seed a line style\n{about}", fontsize=10)
+    legend_below(fig)
     save_figure(fig, path)
 
 
-def plot_pareto(board: dict, path: Path) -> None:
+def plot_pareto(board: dict, path: Path, about: str) -> None:
     """The metric against each cost; the Pareto front (no method better on both) joined."""
     metric = board.get("metric", "accuracy")
     fig, axes = subplots(1, len(COSTS), figsize=(4 * len(COSTS), 3.6), squeeze=False)
@@ -327,6 +343,9 @@ def plot_pareto(board: dict, path: Path) -> None:
                 xytext=(4, 4),
                 fontsize=7,
             )
+        if not rows:  # an empty frame would read as a drawing error
+            ax.text(0.5, 0.5, "no method learned\n(none beat the majority label)",
+                    ha="center", va="center", transform=ax.transAxes, color="tab:grey")  # fmt: skip
         line = sorted((r[cost], r[metric]) for r in rows if r["method"] in front)
         if line:
             ax.plot(*zip(*line, strict=True), color="tab:red", alpha=0.5)
@@ -335,13 +354,13 @@ def plot_pareto(board: dict, path: Path) -> None:
         ax.set_xlabel(title)
         ax.set_ylabel(f"test {metric}")
     fig.suptitle(
-        "Pareto view of the methods that learned (red: no other is better on both axes)", fontsize=9
+        "Pareto view of the methods that learned (red: no other is better on both axes)\n" + about,
+        fontsize=9,
     )
-    fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_search(board: dict, path: Path) -> None:
+def plot_search(board: dict, path: Path, about: str) -> None:
     """Each method's tuning trials: validation score against learning rate; pruned
     trials at their last reported score, as crosses."""
     fig, ax = subplots(figsize=(7, 4.2))
@@ -363,6 +382,6 @@ def plot_search(board: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("validation score (x: pruned, at its last validation)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    ax.set_title(f"Tuning trials per method\n{about}", fontsize=10)
+    legend_below(fig)
     save_figure(fig, path)

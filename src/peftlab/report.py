@@ -122,11 +122,26 @@ def write_report(record) -> Path:
 def subplots(*args, figsize: tuple, **kwargs):
     """A figure made without pyplot: no backend is chosen for the process, so a
     notebook's own (inline) backend is left alone; matplotlib.use("Agg") switched it
-    off for the rest of the session."""
+    off for the rest of the session. Laid out by matplotlib's constrained layout, which
+    makes room for legends placed outside the axes."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=figsize)
+    figure = Figure(figsize=figsize, layout="constrained")
     return figure, figure.subplots(*args, **kwargs)
+
+
+def run_title(record: dict, split: str) -> str:
+    """'<method> on <model>, <data>: <n> <split> examples' for a plot's title."""
+    config = record["config"]
+    names = [Path(config[k]["name"]).name for k in ("model", "data")]
+    n = record.get("data", {}).get("sizes", {}).get(split)
+    count = f": {n} {split} examples" if n is not None else ""
+    return f"{config['method']['name']} on {names[0]}, {names[1]}{count}"
+
+
+def legend_below(fig) -> None:
+    """One legend under the axes: it covers no data point."""
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
 
 
 def moving_mean(values: list[float], window: int) -> list[float]:
@@ -141,21 +156,25 @@ def plot_loss(record: dict, path: Path) -> bool:
     history = record["train"]["history"]
     if not history:
         return False
-    fig, ax = subplots(figsize=(6, 3.5))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = subplots(figsize=(6.5, 4))
     steps = [h["step"] for h in history]
-    ax.plot(steps, [h["loss"] for h in history], alpha=0.35, label="train loss (per step)")
     window = max(1, len(history) // 20)
-    smooth = moving_mean([h["loss"] for h in history], window)
-    ax.plot(steps, smooth, label=f"train loss (mean of {window})")
-    evals = record["train"]["evals"]
+    ax.plot(steps, [h["loss"] for h in history], alpha=0.35 if window > 1 else 1.0,
+            color="C0", label="training loss (per step)")  # fmt: skip
+    if window > 1:
+        smooth = moving_mean([h["loss"] for h in history], window)
+        ax.plot(steps, smooth, color="C0", label=f"training loss (mean of {window} steps)")
+    evals = [e for e in record["train"]["evals"] if "loss" in e]
     if evals:
-        ax.plot(
-            [e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="validation loss"
-        )
+        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o--", color="C1",
+                label="validation loss")  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
+    ax.set_title(run_title(record, "train"))
+    legend_below(fig)
     save_figure(fig, path)
     return True
 
@@ -196,9 +215,9 @@ def plot_bars(record: dict, path: Path) -> bool:
     ax.set_xticks(list(x), keys)
     top = max(before + after)
     ax.set_ylim(0, 1.08 if top <= 1 else top * 1.15)
-    ax.set_title("test split")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    ax.set_ylabel("score on the test split")
+    ax.set_title(run_title(record, "test"))
+    legend_below(fig)
     save_figure(fig, path)
     return True
 
