@@ -85,3 +85,18 @@ def test_help_documents_every_field(capsys):
         flag = "--" + (f.metadata.get("flag") or name.replace("_", "-"))
         assert flag in text, flag
         assert " ".join(f.metadata["help"].split())[:30] in text, name
+
+
+def test_every_setting_with_fixed_choices_lists_them_in_help():
+    import re
+
+    from peftlab.cli import build_parser
+    from peftlab.config import RunConfig, iter_fields
+
+    parser = build_parser()
+    (run,) = [a for a in parser._subparsers._group_actions if "run" in a.choices]
+    text = re.sub(r"\s+", " ", run.choices["run"].format_help())
+    with_choices = [f for _, _, f in iter_fields(RunConfig()) if f.metadata.get("choices")]
+    assert len(with_choices) >= 5
+    for f in with_choices:
+        assert f"one of: {', '.join(map(str, f.metadata['choices']))};" in text, f.name

@@ -39,9 +39,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + (f.metadata.get("flag") or name.replace("_", "-"))
         default = getattr(owner, name)
         shown = ",".join(default) if isinstance(default, list) else default
-        help_text = f.metadata["help"].replace("%", "%%") + f" [{path}; default: {shown}]"
-        kwargs = {"dest": path, "default": argparse.SUPPRESS, "help": help_text}
         choices = f.metadata.get("choices")
+        allowed = f"one of: {', '.join(map(str, choices))}; " if choices else ""
+        help_text = f.metadata["help"].replace("%", "%%") + f" [{path}; {allowed}default: {shown}]"
+        kwargs = {"dest": path, "default": argparse.SUPPRESS, "help": help_text}
         if choices and all(isinstance(c, str) for c in choices):
             kwargs["choices"] = choices  # numeric choices are checked after typing
         if field_type(owner, name) is bool:
