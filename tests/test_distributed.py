@@ -144,3 +144,25 @@ def test_torchrun_two_processes_one_run_directory(tiny_llama, tmp_path):
         "| accuracy |",
     ):
         assert done.stdout.count(text) == 1, (text, done.stdout)
+
+
+@pytest.mark.processes
+def test_accelerate_launch_says_why_it_started_one_process(tiny_llama, tmp_path):
+    """On a CPU, `accelerate launch --num_processes 2` without --multi_gpu starts the run
+    once: the run says so at once, with the command that starts two."""
+    data = tiny.write_csv(tmp_path / "sentiment.csv", tiny.sentiment_rows(32))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+    run = ["-m", "peftlab", "run", "--model", str(tiny_llama), "--dataset", str(data),
+           "--max-steps", "1", "--out", str(tmp_path / "run"), *tiny.ALL_ROWS]  # fmt: skip
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([*launch, *run], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "asked for 2 processes but started one" in done.stdout
+    assert "accelerate launch --multi_gpu --num_processes 2" in done.stdout
+
+
+def test_a_plain_run_has_no_process_request_to_meet(monkeypatch):
+    from peftlab import distributed
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert distributed.unmet_process_request() is None

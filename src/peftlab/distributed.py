@@ -34,6 +34,36 @@ def init():
     return PartialState(cpu=cpu)
 
 
+def unmet_process_request() -> str | None:
+    """Why `accelerate launch --num_processes N` started one process, if it did.
+
+    Without GPUs and without --multi_gpu, accelerate's simple launcher starts the script
+    once and passes the request on nowhere (accelerate 1.15), so the launcher's own command
+    line (our parent's) is the only place it is written."""
+    import os
+
+    import psutil
+
+    if "WORLD_SIZE" in os.environ or "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return None  # a process group's member, or not started by accelerate launch
+    try:
+        argv = psutil.Process(os.getppid()).cmdline()
+    except psutil.Error:
+        return None
+    launcher = ("launch", "accelerate.commands.launch")  # accelerate launch, python -m ...
+    if not any(arg in launcher or arg.endswith("accelerate-launch") for arg in argv[:4]):
+        return None
+    asked = next((argv[i + 1] for i, arg in enumerate(argv[:-1])
+                  if arg in ("--num_processes", "--num-processes")), None)  # fmt: skip
+    if asked is None or not asked.isdigit() or int(asked) < 2:
+        return None
+    return (
+        f"accelerate launch was asked for {asked} processes but started one: on a machine "
+        "without GPUs, add --multi_gpu (accelerate then starts that many processes, joined "
+        f"over gloo on the CPU): accelerate launch --multi_gpu --num_processes {asked} ..."
+    )
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 

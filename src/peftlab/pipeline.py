@@ -49,6 +49,9 @@ def run(
     every validation score (train.py); a tuning trial's pruner stops the run through it."""
     distributed.init()  # first: what follows may depend on the rank
     log = distributed.main_only(log or say)
+    unmet = distributed.unmet_process_request()
+    if unmet:
+        log(f"warning: {unmet}")
     cfg = cfg.resolved()
     # The default name holds a timestamp: rank 0's choice is everyone's directory.
     run_dir = Path(distributed.broadcast_object(str(run_dir or cfg.out or default_run_dir(cfg))))
