@@ -75,7 +75,8 @@ def test_a_comparison_logs_each_run_under_one_experiment(
     from mlflow import MlflowClient
 
     out = tmp_path / "my-comparison"
-    argv = ["compare", "--methods", "lora,ia3", "--seeds", "0", *TRAIN, "--report-to", "mlflow"]
+    argv = ["compare", "--methods", "lora,ia3", "--seeds", "0", "--jobs", "2", *TRAIN]
+    argv += ["--report-to", "mlflow"]
     assert main([*argv, *tiny.where(tiny_llama, sentiment_csv, out)]) == 0
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("my-comparison")

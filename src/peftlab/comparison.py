@@ -26,6 +26,7 @@ from peftlab.leaderboard import leaderboard
 from peftlab.pipeline import say
 from peftlab.record import RunRecord
 from peftlab.tasks import TASK_SPECS
+from peftlab.tracking import prepare_shared
 from peftlab.workers import Comparison, finished, work
 
 VALIDATIONS = 4  # with --tune, every run validates this often: the pruner's rungs
@@ -249,9 +250,11 @@ def compare(
 
     records, failures, searches = load_records(run_dirs), [], {}
     if methods:
-        if base.track.report_to and not base.track.project:
-            base = copy.deepcopy(base)
-            base.track.project = out.resolve().name  # every run under one experiment
+        if base.track.report_to:
+            if not base.track.project:
+                base = copy.deepcopy(base)
+                base.track.project = out.resolve().name  # every run under one experiment
+            prepare_shared(base.track.report_to, base.track.project)
         ran, failures, searches = run_all(
             base, methods, seeds, out, execution or Execution(), tune, log
         )

@@ -39,6 +39,18 @@ def check_trackers(names: list[str]) -> None:
             )
 
 
+def prepare_shared(names: list[str], project: str) -> None:
+    """Before a comparison's runs start side by side: the MLflow store's tables and the
+    experiment are created once, here. Two runs creating them at once raced (a fresh
+    SQLite store: "table _alembic_tmp_experiments already exists"; an experiment: two
+    with one name)."""
+    if "mlflow" in names:
+        import mlflow
+
+        if mlflow.get_experiment_by_name(project) is None:
+            mlflow.create_experiment(project)
+
+
 def flat_config(config: dict, prefix: str = "") -> dict:
     """section.name -> value, with lists joined and None spelled out: trackers take
     scalars only (TensorBoard's hparams, MLflow's params)."""
