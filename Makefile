@@ -26,7 +26,7 @@ test: setup lint
 	$(BIN)/python -m pytest --durations=20
 
 # For iterating: all but the slow tests on the real built-in model and data and the
-# multi-process ones (workers beside CPU burners, torchrun).
+# multi-process ones (workers beside CPU burners, torchrun, the notebook's kernel).
 test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow and not processes" --durations=10
 

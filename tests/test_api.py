@@ -7,7 +7,7 @@ import pytest
 
 import peftlab
 from peftlab.cli import main
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, PeftlabError
 
 TRAIN = dict(epochs=2, batch_size=16, lr=1e-2, train_samples=0, validation_samples=0)
 
@@ -76,8 +76,12 @@ def test_bad_settings_fail_as_on_the_command_line(fields, where, fix):
     assert where in str(caught.value) and fix in str(caught.value)
 
 
-def test_compare_returns_the_board(tiny_llama, sentiment_csv, tmp_path):
-    board = peftlab.compare(["lora"], seeds=[0], model=str(tiny_llama), dataset=str(sentiment_csv),
-                            out=str(tmp_path / "cmp"), test_samples=0, **TRAIN)  # fmt: skip
+def test_compare_returns_the_board(api_run, tmp_path):
+    """Finished runs on a board (the methods path runs in tests/test_notebook.py)."""
+    out, record = api_run
+    board = peftlab.compare(run_dirs=[out], out=str(tmp_path / "cmp"))
     assert type(board) is dict and [row["method"] for row in board["rows"]] == ["lora"]
+    assert board["rows"][0]["accuracy"] == pytest.approx(record["after"]["accuracy"], abs=1e-4)
     assert board == json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    with pytest.raises(PeftlabError, match="give at least one method"):
+        peftlab.compare(out=str(tmp_path / "nothing"))

@@ -11,6 +11,7 @@ import pytest
 NOTEBOOK = Path(__file__).parent.parent / "examples" / "tutorial.ipynb"
 
 
+@pytest.mark.processes  # a Jupyter kernel, its forkserver and the comparison's runs
 def test_the_tutorial_notebook_runs_and_plots(tiny_llama, sentiment_csv, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -69,9 +69,10 @@ def run(config: RunConfig | dict | str | Path | None = None, **fields) -> dict:
 
 
 def compare(
-    methods: list[str] | str,
+    methods: list[str] | str = (),
     seeds: list[int] | str = (0,),
     config: RunConfig | dict | str | Path | None = None,
+    run_dirs: list[str | Path] = (),
     tune: list[str] | str | None = None,
     trials: int = 6,
     jobs: int = 1,
@@ -79,7 +80,8 @@ def compare(
     **fields,
 ) -> dict:
     """Compare methods over seeds, as `peftlab compare`; returns the board (compare.json).
-    `out` (a setting like the others) is the comparison's folder."""
+    `out` (a setting like the others) is the comparison's folder; `run_dirs`: finished
+    runs to put on the same board (alone, they are compared without running anything)."""
     from datetime import datetime
 
     from peftlab.comparison import Execution, Tuning
@@ -88,9 +90,9 @@ def compare(
     from peftlab.tuning import parse_fields
 
     base = build(config, **fields)
-    methods = coerce(methods, list[str], "methods")
+    methods = coerce(list(methods) if isinstance(methods, tuple) else methods, list[str], "methods")
     seeds = coerce(list(seeds) if isinstance(seeds, tuple) else seeds, list[int], "seeds")
-    if not methods:
+    if not methods and not run_dirs:
         raise PeftlabError("methods: give at least one method (see peftlab.list_methods())")
     searched = None
     if tune:
@@ -102,7 +104,7 @@ def compare(
     if jobs < 1:
         raise PeftlabError(f"jobs={jobs}: use a number above 0")
     execution = Execution(storage, jobs)
-    return compare_runs(base, methods, seeds, out, [], execution, searched)
+    return compare_runs(base, methods, seeds, out, [Path(d) for d in run_dirs], execution, searched)
 
 
 class Adapter:
