@@ -100,6 +100,27 @@ def test_merge_writes_a_model_plain_transformers_loads(llama_adapter, tmp_path, 
     assert check["max_rel_diff"] == check["max_abs_diff"] / check["logit_scale"]
 
 
+def test_a_wrong_merge_is_refused_and_writes_nothing(llama_adapter, tmp_path, monkeypatch, capsys):
+    """The default tolerance lets fp32 rounding through (the test above) but not a merge
+    that folded the adapter in wrongly (here: its update applied twice)."""
+    from peftlab import merge as merging
+
+    real_merge = merging.merge_method
+
+    def merged_twice(model, method):
+        for module in model.modules():
+            if hasattr(module, "lora_B"):
+                for weight in module.lora_B.values():
+                    weight.weight.data *= 2
+        return real_merge(model, method)
+
+    monkeypatch.setattr(merging, "merge_method", merged_twice)
+    out = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(llama_adapter), "--out", str(out)]) == 2
+    assert "of their scale; tolerance 0.0001); nothing was written" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_merge_tolerance_is_relative_to_the_logits_scale():
     """fp32 rounding on logits around 20 (SmolLM2: 1.06e-4) passes the default 1e-4; a
     merge that is 1% off fails at any scale; small logits are compared absolutely."""

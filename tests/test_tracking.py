@@ -76,13 +76,18 @@ def test_a_comparison_logs_each_run_under_one_experiment(
 
     out = tmp_path / "my-comparison"
     argv = ["compare", "--methods", "lora,ia3", "--seeds", "0", "--jobs", "2", *TRAIN]
-    argv += ["--report-to", "mlflow"]
+    argv += ["--report-to", "tensorboard,mlflow"]
     assert main([*argv, *tiny.where(tiny_llama, sentiment_csv, out)]) == 0
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("my-comparison")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["ia3-seed0", "lora-seed0"]
     assert all(r.info.status == "FINISHED" and "test/accuracy" in r.data.metrics for r in runs)
+    for run in runs:  # and each run's TensorBoard events, in its own run directory
+        record = json.loads((out / run.info.run_name / "run.json").read_text())
+        scalars = tensorboard_scalars(out / run.info.run_name / "tensorboard")
+        assert len(scalars["train/loss"]) == record["train"]["steps"]
+        assert scalars["test/accuracy"][0][1] == pytest.approx(record["after"]["accuracy"])
 
 
 @pytest.mark.parametrize(
