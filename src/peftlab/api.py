@@ -20,10 +20,10 @@ from peftlab.config import (
     apply_mapping,
     coerce,
     field_path,
-    field_type,
     from_dict,
     iter_fields,
     load_yaml,
+    set_path,
 )
 from peftlab.errors import ConfigError
 
@@ -55,9 +55,7 @@ def build(config: RunConfig | dict | str | Path | None = None, **fields) -> RunC
             close = difflib.get_close_matches(key, names, n=3)
             fix = f"did you mean {', '.join(close)}?" if close else "see `peftlab run --help`"
             raise ConfigError(key, value, f"no such setting; {fix}")
-        section, _, name = names[key].rpartition(".")
-        owner = getattr(cfg, section) if section else cfg
-        setattr(owner, name, coerce(value, field_type(owner, name), key))
+        set_path(cfg, names[key], value, key)
     return cfg.validate()
 
 

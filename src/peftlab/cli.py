@@ -25,6 +25,7 @@ from peftlab.config import (
     field_type,
     iter_fields,
     load_yaml,
+    set_path,
 )
 from peftlab.errors import PeftlabError
 
@@ -60,10 +61,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     for path, value in vars(args).items():
         if path.split(".")[0] not in SECTIONS and path not in ("out", "name"):
             continue  # --config, --resume, command
-        section, _, name = path.rpartition(".")
-        owner = getattr(cfg, section) if section else cfg
-        flag = "--" + name.replace("_", "-")
-        setattr(owner, name, coerce(value, field_type(owner, name), flag))
+        set_path(cfg, path, value, "--" + path.rpartition(".")[2].replace("_", "-"))
     return cfg.validate()
 
 
@@ -96,7 +94,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def tuning_of(args: argparse.Namespace, methods: list[str]):
     """--tune FIELDS --trials K, checked (None without --tune)."""
     from peftlab.comparison import Tuning
-    from peftlab.config import coerce
     from peftlab.tuning import parse_fields
 
     if not args.tune:
@@ -130,7 +127,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from peftlab.compare_report import markdown_table, summary
     from peftlab.comparison import Execution, compare, join
-    from peftlab.config import coerce
 
     if args.jobs < 1 or args.heartbeat <= 0:
         raise PeftlabError("--jobs and --heartbeat take numbers above 0")

@@ -476,6 +476,14 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+def set_path(cfg: RunConfig, path: str, value: Any, where: str) -> None:
+    """Set the setting at a dotted path ('train.epochs', 'out') to `value`, coerced to the
+    field's type; `where` names it in an error (a flag, a keyword)."""
+    section, _, name = path.rpartition(".")
+    owner = getattr(cfg, section) if section else cfg
+    setattr(owner, name, coerce(value, field_type(owner, name), where))
+
+
 def apply_mapping(cfg: RunConfig, mapping: dict, source: str) -> None:
     """Apply a nested mapping (as read from YAML) onto the config, checking every key."""
     if not isinstance(mapping, dict):
