@@ -24,13 +24,14 @@ from busy_machine import summarize
 from peftlab import assets, data, models, threads
 from peftlab.config import RunConfig
 from peftlab.evaluate import evaluate
+from peftlab.methods import resolved
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
 
 def load(test_samples: int):
     cfg = RunConfig()
     cfg.data.test_samples = test_samples
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     dataset = data.load(cfg.data)

@@ -14,7 +14,7 @@ from peftlab import assets, data, models
 from peftlab.cli import quiet_libraries
 from peftlab.config import RunConfig
 from peftlab.evaluate import evaluate
-from peftlab.methods import base_model, get_method
+from peftlab.methods import base_model, get_method, resolved
 from peftlab.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
@@ -22,7 +22,7 @@ from peftlab.tasks.setup import build_task, model_info, padding_side
 def step_zero(cfg: RunConfig, init: str | None) -> dict:
     """Test metrics before training: the base model (init None) or a fresh prefix."""
     cfg.method.name, cfg.method.prompt_init = "prefix", init or "text"
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     dataset = data.load(cfg.data, cfg.task.name)

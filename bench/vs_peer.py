@@ -86,6 +86,7 @@ def case_config(name: str) -> dict:
 
 def run_peftlab(case: dict) -> dict:
     from peftlab.config import RunConfig
+    from peftlab.methods import checked
     from peftlab.pipeline import run
 
     cfg = RunConfig()
@@ -101,7 +102,7 @@ def run_peftlab(case: dict) -> dict:
     )
     cfg.train.eval_batch_size = 32
     with tempfile.TemporaryDirectory() as out:
-        record = run(cfg.validate(), Path(out) / "run", log=lambda message: None)
+        record = run(checked(cfg), Path(out) / "run", log=lambda message: None)
     train = record["train"]
     return {
         "samples_per_s": round(train["samples"] / train["runtime_s"], 3),
@@ -137,12 +138,13 @@ def train_flops_per_sample(case: dict) -> float:
     """
     from peftlab import assets, data, models
     from peftlab.config import RunConfig
+    from peftlab.methods import resolved
     from peftlab.tasks.setup import build_task, model_info, padding_side
 
     cfg = RunConfig()
     cfg.model.name, cfg.data.name, cfg.task.name = case["model"], case["dataset"], case["task"]
     cfg.data.train_samples = case["train_samples"]
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     source = assets.resolve_model(case["model"])
     info = model_info(source, cfg)
     config = models.load_config(source)

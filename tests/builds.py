@@ -7,7 +7,7 @@ import torch
 
 from peftlab import assets, data, models
 from peftlab.config import RunConfig
-from peftlab.methods import METHODS
+from peftlab.methods import METHODS, checked
 from peftlab.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
@@ -55,7 +55,7 @@ class Built:
         cfg.method.prompt_init_text = "review sentiment"
         for key, value in method_args.items():
             setattr(cfg.method, key, value)
-        self.cfg = cfg.validate()
+        self.cfg = checked(cfg)
         self.method = METHODS[method_name]
         self.source = assets.resolve_model(cfg.model.name)
         self.info = model_info(self.source, cfg)

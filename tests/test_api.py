@@ -85,3 +85,17 @@ def test_compare_returns_the_board(api_run, tmp_path):
     assert board == json.loads((tmp_path / "cmp" / "compare.json").read_text())
     with pytest.raises(PeftlabError, match="give at least one method"):
         peftlab.compare(out=str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({"methods": "lora", "tune": "lr", "trials": 1}, "trials 1: a search needs 2 trials"),
+        ({"methods": "lora", "trials": 3}, "trials says how many tuning trials tune runs"),
+        ({"methods": "lora", "jobs": 0}, "jobs 0: use a number above 0"),
+    ],
+)
+def test_bad_comparison_requests_fail_as_on_the_command_line(request_, message, tmp_path):
+    with pytest.raises(PeftlabError, match=message):
+        peftlab.compare(out=str(tmp_path / "cmp"), **request_)
+    assert not (tmp_path / "cmp").exists()  # refused before anything was made

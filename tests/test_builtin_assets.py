@@ -89,11 +89,12 @@ def test_bf16_scores_smollm2_like_fp32():
     from peftlab import assets, data, models
     from peftlab.config import RunConfig
     from peftlab.evaluate import evaluate
+    from peftlab.methods import resolved
     from peftlab.tasks.setup import build_task, model_info, padding_side
 
     cfg = RunConfig()
     cfg.data.test_samples = 300
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     dataset = data.load(cfg.data)

@@ -13,7 +13,8 @@ import torch
 
 from peftlab import distributed
 from peftlab.cli import main
-from peftlab.train import rank_weight_hashes, trainable_sha256
+from peftlab.train import rank_weight_hashes
+from peftlab.trainable import trainable_sha256
 
 
 def test_helpers_in_one_process_need_no_process_group():

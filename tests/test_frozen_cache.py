@@ -11,7 +11,7 @@ import torch
 from peftlab import assets, data, frozen_cache, models
 from peftlab.cli import main
 from peftlab.config import RunConfig
-from peftlab.methods import get_method
+from peftlab.methods import checked, get_method, resolved
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
 
@@ -21,7 +21,7 @@ def attached(model_dir, data_file, task_name: str, layers: list[str] | None):
     cfg.model.name, cfg.data.name, cfg.task.name = str(model_dir), str(data_file), task_name
     cfg.method.layers = layers
     cfg.train.precision = "fp32"
-    cfg = cfg.validate().resolved()
+    cfg = resolved(checked(cfg))
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
     dataset = data.load(cfg.data, cfg.task.name)

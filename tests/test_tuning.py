@@ -67,7 +67,7 @@ def test_latin_hypercube_puts_one_trial_in_each_stratum():
     ("extra", "message"),
     [
         (["--tune", "lr", "--trials", "1"], "--trials 1: a search needs 2 trials or more"),
-        (["--trials", "3"], "add --tune lr"),
+        (["--trials", "3"], "give --tune too"),
         (["--tune", "epochs"], "--tune epochs: not tunable"),
         (["--tune", "adapter_size"], "none of the methods uses it"),
         (["--tune", "lr", "--lr", "1e-3"], "drop --lr"),

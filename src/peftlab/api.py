@@ -56,7 +56,9 @@ def build(config: RunConfig | dict | str | Path | None = None, **fields) -> RunC
             fix = f"did you mean {', '.join(close)}?" if close else "see `peftlab run --help`"
             raise ConfigError(key, value, f"no such setting; {fix}")
         set_path(cfg, names[key], value, key)
-    return cfg.validate()
+    from peftlab.methods import checked
+
+    return checked(cfg)
 
 
 def run(config: RunConfig | dict | str | Path | None = None, **fields) -> dict:
@@ -72,7 +74,7 @@ def compare(
     config: RunConfig | dict | str | Path | None = None,
     run_dirs: list[str | Path] = (),
     tune: list[str] | str | None = None,
-    trials: int = 6,
+    trials: int | None = None,
     jobs: int = 1,
     storage: str | None = None,
     **fields,
@@ -80,28 +82,18 @@ def compare(
     """Compare methods over seeds, as `peftlab compare`; returns the board (compare.json).
     `out` (a setting like the others) is the comparison's folder; `run_dirs`: finished
     runs to put on the same board (alone, they are compared without running anything)."""
-    from datetime import datetime
-
-    from peftlab.comparison import Execution, Tuning
     from peftlab.comparison import compare as compare_runs
+    from peftlab.comparison import comparison_dir, execution_of, tuning_of
     from peftlab.errors import PeftlabError
-    from peftlab.tuning import parse_fields
 
     base = build(config, **fields)
     methods = coerce(list(methods) if isinstance(methods, tuple) else methods, list[str], "methods")
     seeds = coerce(list(seeds) if isinstance(seeds, tuple) else seeds, list[int], "seeds")
     if not methods and not run_dirs:
         raise PeftlabError("methods: give at least one method (see peftlab.list_methods())")
-    searched = None
-    if tune:
-        if trials < 2:
-            raise PeftlabError(f"trials={trials}: a search needs 2 trials or more")
-        searched = Tuning(parse_fields(coerce(tune, list[str], "tune"), methods), trials)
-    out = Path(base.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    if jobs < 1:
-        raise PeftlabError(f"jobs={jobs}: use a number above 0")
-    execution = Execution(storage, jobs)
+    searched = tuning_of(coerce(tune, list[str], "tune") if tune else None, trials, methods)
+    execution = execution_of(storage, jobs)
+    out = comparison_dir(base.out)
     return compare_runs(base, methods, seeds, out, [Path(d) for d in run_dirs], execution, searched)
 
 

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from peftlab.assets import sha256_file
 from peftlab.fsutil import dir_size_bytes, write_dir_atomic, write_json_atomic
+from peftlab.trainable import trainable_state
 
 MANIFEST = "peftlab.json"
 MANIFEST_VERSION = 1
@@ -37,12 +38,7 @@ def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> 
 
     def fill(tmp: Path) -> None:
         if kind == "native":
-            trained = {
-                n: p.detach().cpu().contiguous()
-                for n, p in model.named_parameters()
-                if p.requires_grad
-            }
-            save_file(trained, tmp / NATIVE_WEIGHTS)
+            save_file(trainable_state(model), tmp / NATIVE_WEIGHTS)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         if kind == "full":

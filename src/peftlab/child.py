@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -117,9 +118,10 @@ def forked(argv: list[str], log_path: Path, env: dict) -> int:
 
 
 def forked_main(argv: list[str], log_path: str, env: dict) -> None:
-    """In the forked process: the run's environment and log, then `peftlab run`. Its
-    parent is the forkserver, which exits when the worker does; bind_to_parent() makes
-    the kernel end the run then."""
+    """In the forked process: the run's environment and log, then `python -m peftlab
+    run ...` as a fresh interpreter would run it (runpy: the command line is this
+    module's caller, not one of its imports). Its parent is the forkserver, which exits
+    when the worker does; bind_to_parent() makes the kernel end the run then."""
     os.environ.clear()
     os.environ.update(env, **{PARENT_ENV: str(os.getppid())})
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -127,9 +129,8 @@ def forked_main(argv: list[str], log_path: str, env: dict) -> None:
         stream.flush()
         os.dup2(log, stream.fileno())
     os.close(log)
-    from peftlab.cli import main
-
-    sys.exit(main(argv))
+    sys.argv = ["peftlab", *argv]
+    runpy.run_module("peftlab", run_name="__main__", alter_sys=True)
 
 
 class Forkserver:

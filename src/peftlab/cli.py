@@ -62,7 +62,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         if path.split(".")[0] not in SECTIONS and path not in ("out", "name"):
             continue  # --config, --resume, command
         set_path(cfg, path, value, "--" + path.rpartition(".")[2].replace("_", "-"))
-    return cfg.validate()
+    from peftlab.methods import checked  # torch: only once a run is asked for
+
+    return checked(cfg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -91,21 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def tuning_of(args: argparse.Namespace, methods: list[str]):
-    """--tune FIELDS --trials K, checked (None without --tune)."""
-    from peftlab.comparison import Tuning
-    from peftlab.tuning import parse_fields
-
-    if not args.tune:
-        if args.trials is not None:
-            raise PeftlabError("--trials says how many tuning trials --tune runs; add --tune lr")
-        return None
-    if not methods:
-        raise PeftlabError("--tune tunes the --methods of a comparison; give --methods")
-    trials = 6 if args.trials is None else args.trials
-    if trials < 2:
-        raise PeftlabError(f"--trials {trials}: a search needs 2 trials or more")
-    return Tuning(parse_fields(coerce(args.tune, list[str], "--tune"), methods), trials)
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def trial_reporter(given: str):
@@ -122,15 +111,12 @@ def trial_reporter(given: str):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from datetime import datetime
     from pathlib import Path
 
     from peftlab.compare_report import markdown_table, summary
-    from peftlab.comparison import Execution, compare, join
+    from peftlab.comparison import compare, comparison_dir, execution_of, join, tuning_of
 
-    if args.jobs < 1 or args.heartbeat <= 0:
-        raise PeftlabError("--jobs and --heartbeat take numbers above 0")
-    execution = Execution(args.storage, args.jobs, args.study, args.heartbeat)
+    execution = execution_of(args.storage, args.jobs, args.study, args.heartbeat, flag)
     if args.worker:
         if args.methods or args.run_dirs:
             raise PeftlabError(
@@ -144,10 +130,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     methods = coerce(args.methods, list[str], "--methods") if args.methods else []
     seeds = coerce(args.seeds, list[int], "--seeds")
-    tune = tuning_of(args, methods)
+    fields = coerce(args.tune, list[str], "--tune") if args.tune else None
+    tune = tuning_of(fields, args.trials, methods, flag)
     base = build_config(args)
-    out = Path(base.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = comparison_dir(base.out)
     board = compare(base, methods, seeds, out, [Path(d) for d in args.run_dirs], execution, tune)
     print()
     print(summary(board))
@@ -303,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = debug_flag_on_every(sub.add_parser)
+    add_run_parser(sub)
+    add_compare_parser(sub)
+    add_predict_parser(sub)
+    add_merge_parser(sub)
+    add_serve_parser(sub)
+    sub.add_parser("models", help="list the built-in models")
+    sub.add_parser("datasets", help="list the built-in datasets")
+    methods_parser = sub.add_parser("methods", help="list the fine-tuning methods")
+    methods_parser.add_argument(
+        "--spaces",
+        action="store_true",
+        help="list each method's search space for `compare --tune` (with its sources)",
+    )
+    return parser
+
+
+def add_run_parser(sub) -> None:
     run_parser = sub.add_parser(
         "run",
         help="evaluate a base model, fine-tune it, evaluate again, write a run directory",
@@ -330,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         "its pruner says so",
     )
     add_config_flags(run_parser)
+
+
+def add_compare_parser(sub) -> None:
     compare_parser = sub.add_parser(
         "compare",
         help="run several methods x seeds on one task and build a leaderboard",
@@ -368,18 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_execution_arguments(compare_parser)
     add_config_flags(compare_parser)
-    add_predict_parser(sub)
-    add_merge_parser(sub)
-    add_serve_parser(sub)
-    sub.add_parser("models", help="list the built-in models")
-    sub.add_parser("datasets", help="list the built-in datasets")
-    methods_parser = sub.add_parser("methods", help="list the fine-tuning methods")
-    methods_parser.add_argument(
-        "--spaces",
-        action="store_true",
-        help="list each method's search space for `compare --tune` (with its sources)",
-    )
-    return parser
 
 
 def add_execution_arguments(parser) -> None:

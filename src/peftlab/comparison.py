@@ -23,6 +23,7 @@ from peftlab.config import RunConfig
 from peftlab.errors import PeftlabError
 from peftlab.fsutil import write_json_atomic
 from peftlab.leaderboard import leaderboard
+from peftlab.methods import checked
 from peftlab.pipeline import say
 from peftlab.record import RunRecord
 from peftlab.tasks import TASK_SPECS
@@ -51,13 +52,53 @@ class Tuning:
     trials: int = 6
 
 
+# The checks of a comparison's request, one for the command line and the Python API;
+# `spell` writes a setting's name the way its user gave it ("--trials", "trials").
+
+
+def tuning_of(fields: list[str] | None, trials: int | None, methods: list[str], spell=str):
+    """The search asked for (None without fields), checked."""
+    if not fields:
+        if trials is not None:
+            raise PeftlabError(
+                f"{spell('trials')} says how many tuning trials {spell('tune')} runs; give "
+                f"{spell('tune')} too (e.g. lr)"
+            )
+        return None
+    if not methods:
+        raise PeftlabError(
+            f"{spell('tune')} tunes the methods of a comparison; give {spell('methods')}"
+        )
+    trials = Tuning.trials if trials is None else trials
+    if trials < 2:
+        raise PeftlabError(f"{spell('trials')} {trials}: a search needs 2 trials or more")
+    return Tuning(tuning.parse_fields(fields, methods), trials)
+
+
+def execution_of(storage, jobs: int, study=None, heartbeat_s=studies.HEARTBEAT_S, spell=str):
+    if jobs < 1:
+        raise PeftlabError(f"{spell('jobs')} {jobs}: use a number above 0")
+    if not heartbeat_s > 0:
+        raise PeftlabError(f"{spell('heartbeat')} {heartbeat_s}: use a number of seconds above 0")
+    return Execution(storage, jobs, study, heartbeat_s)
+
+
+def comparison_dir(out: str | None) -> Path:
+    """--out, or a new runs/compare-<time> folder; made if missing."""
+    from datetime import datetime
+
+    folder = Path(out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def run_spec(base: RunConfig, method: str, seed: int, name: str, **extra) -> dict:
     """One trial's settings (validated here, before anything runs)."""
     cfg = copy.deepcopy(base)
     cfg.method.name, cfg.train.seed = method, seed
     cfg.name = Path(name).name
     cfg.out = None  # each worker puts it in its own --out
-    cfg.validate()
+    checked(cfg)
     return {"name": name, "method": method, "seed": seed, "config": cfg.to_dict(), **extra}
 
 

@@ -3,7 +3,9 @@
 Defaults live here; a YAML file overrides them; command-line flags override the YAML.
 Every field carries its help text (it becomes `peftlab run --help`) and its flag name.
 `RunConfig.validate()` runs once, right after merging, and rejects bad values with the
-field, the value and the fix.
+field, the value and the fix. What depends on the method registry (a known method, its
+default learning rate) is checked and filled in by `methods.checked` / `methods.resolved`:
+this module imports no other stage.
 """
 
 from __future__ import annotations
@@ -301,14 +303,15 @@ class RunConfig:
             parts.append(self.task.name)
         return "-".join(p.replace("/", "_") for p in parts)
 
-    def resolved(self) -> RunConfig:
-        """A copy with the method-dependent defaults filled in (what run.json records)."""
+    def resolved(self, default_lr: float | None = None) -> RunConfig:
+        """A copy with the defaults that depend on other settings filled in (what run.json
+        records): the method's learning rate (methods.resolved passes it), the precision
+        "auto" picks on this machine, the task's sample counts."""
         from peftlab import precision
-        from peftlab.methods import METHODS
 
         cfg = copy.deepcopy(self)
         if cfg.train.lr is None:
-            cfg.train.lr = METHODS[cfg.method.name].default_lr
+            cfg.train.lr = default_lr
         cfg.train.precision = precision.resolve(cfg.train.precision)
         defaults = SAMPLE_DEFAULTS[cfg.task.name]
         for name, default in zip(SAMPLE_FIELDS, defaults, strict=True):
@@ -329,21 +332,9 @@ class RunConfig:
             if choices and value not in choices:
                 raise ConfigError(field_path(self, section, name), value, f"use one of {choices}")
         t, d, m = self.train, self.data, self.method
-        from peftlab.methods import METHODS  # the registry imports this module
-
-        if m.name not in METHODS:
-            raise ConfigError("method.name", m.name, f"use one of: {', '.join(METHODS)}")
         from peftlab.selection import parse_layers
 
         parse_layers(m.layers)
-        selective = m.target_modules or m.layers or m.side != "both"
-        if selective and not METHODS[m.name].layer_selective:
-            raise ConfigError(
-                "method.name",
-                m.name,
-                f"{m.name} does not take --target-modules, --layers or --side; drop them or "
-                "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
-            )
         _positive(self, t, "batch_size", "eval_batch_size", "grad_accum")
         if t.lr is not None:
             _positive(self, t, "lr")

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from peftlab import architecture, bottleneck, selection
-from peftlab.config import MethodArgs
+from peftlab.config import MethodArgs, RunConfig
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.failure import first_line
 from peftlab.models import ModelInfo
+from peftlab.trainable import load_trainable_state
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,6 @@ UNQUANTIZED = ["classifier", "score", "lm_head"]
 
 
 def qlora_load_kwargs(args: MethodArgs) -> dict:
-    import torch
     from transformers import BitsAndBytesConfig
 
     if args.quant_bits == 8:
@@ -524,14 +524,7 @@ def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: 
     if method.kind == "full":
         return type(base).from_pretrained(folder)
     model = method.attach(base, args, info)
-    saved = load_file(folder / NATIVE_WEIGHTS)
-    params = dict(model.named_parameters())
-    unknown = sorted(set(saved) - set(params))
-    if unknown:
-        raise PeftlabError(f"{folder / NATIVE_WEIGHTS} has tensors this model lacks: {unknown[:3]}")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
+    load_trainable_state(model, load_file(folder / NATIVE_WEIGHTS), str(folder / NATIVE_WEIGHTS))
     return model
 
 
@@ -539,3 +532,24 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ConfigError("method.name", name, f"use one of: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def checked(cfg: RunConfig) -> RunConfig:
+    """`cfg.validate()`, then the checks that need the registry: a known method, and
+    layer selection only for the methods that work layer by layer."""
+    cfg.validate()
+    m = cfg.method
+    selective = m.target_modules or m.layers or m.side != "both"
+    if not get_method(m.name).layer_selective and selective:
+        raise ConfigError(
+            "method.name",
+            m.name,
+            f"{m.name} does not take --target-modules, --layers or --side; drop them or "
+            "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
+        )
+    return cfg
+
+
+def resolved(cfg: RunConfig) -> RunConfig:
+    """`cfg.resolved()` with the method's own default learning rate."""
+    return cfg.resolved(default_lr=get_method(cfg.method.name).default_lr)

@@ -25,7 +25,7 @@ from peftlab.errors import PeftlabError, TrialPruned
 from peftlab.evaluate import evaluate
 from peftlab.failure import describe_os_error, first_line, write_traceback
 from peftlab.fsutil import remove_stale_temporaries
-from peftlab.methods import base_model, get_method
+from peftlab.methods import base_model, checked, get_method, resolved
 from peftlab.models import count_parameters
 from peftlab.record import RECORD_FILE, RunRecord, environment
 from peftlab.report import write_report
@@ -52,7 +52,7 @@ def run(
     unmet = distributed.unmet_process_request()
     if unmet:
         log(f"warning: {unmet}")
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     # The default name holds a timestamp: rank 0's choice is everyone's directory.
     run_dir = Path(distributed.broadcast_object(str(run_dir or cfg.out or default_run_dir(cfg))))
     with lock_run_dir(run_dir):  # one writer per run directory; rank 0 holds it
@@ -303,7 +303,7 @@ def resume(run_dir: str | Path, log=None) -> RunRecord:
             clean_finished(Path(run_dir))  # a kill right after "done" may have left these
         log(f"{run_dir} already finished; nothing to resume")
         return record
-    return run(from_dict(record["config"]).validate(), Path(run_dir), log)
+    return run(checked(from_dict(record["config"])), Path(run_dir), log)
 
 
 def say(message: str) -> None:

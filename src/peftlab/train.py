@@ -1,52 +1,34 @@
 """ONE training loop for every method (accelerate underneath).
 
-AdamW with weight decay, warmup then decay, gradient accumulation, epochs or max steps,
-validation every N steps keeping the best weights, and checkpoints that a killed run
-resumes from bit-for-bit: only trainable weights, optimizer, scheduler, RNG and loop
-position are saved, so a checkpoint of a LoRA run is megabytes, not the whole model.
+AdamW with weight decay, warmup then decay (transformers' schedules), gradient
+accumulation, epochs or max steps, validation every N steps keeping the best weights, and
+checkpoints a killed run resumes from bit for bit (checkpoints.py). `train()` reads like
+the algorithm; `Fit` holds the run's parts and names each phase.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from peftlab import distributed, frozen_cache, threads
+from peftlab.checkpoints import Checkpoints, LoopState
 from peftlab.config import TrainArgs
-from peftlab.errors import PeftlabError
 from peftlab.evaluate import evaluate
-from peftlab.failure import first_line
 from peftlab.fast_dropout import use_fast_dropout
-from peftlab.fsutil import write_dir_atomic, write_json_atomic
 from peftlab.models import cpu_attention
 from peftlab.precision import autocast, bf16_frozen_weights
 from peftlab.progress import Progress
 from peftlab.resources import Meter, release_freed_memory
-
-
-@dataclass
-class LoopState:
-    """Where the loop is; saved with every checkpoint."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    window: int = 0  # accumulation windows done in this epoch
-    samples: int = 0
-    train_seconds: float = 0.0  # time in forward/backward/step only
-    history: list = field(default_factory=list)  # one entry per optimizer step
-    evals: list = field(default_factory=list)  # one entry per validation
-    best_metric: float | None = None
-    best_step: int | None = None
+from peftlab.trainable import load_trainable_state, trainable_sha256, trainable_state
 
 
 def epoch_windows(
@@ -69,23 +51,6 @@ def epoch_windows(
     return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def trainable_sha256(model) -> str:
-    """sha256 over the trainable weights: sorted names, then each one's dtype, shape, bytes."""
-    digest = hashlib.sha256()
-    params = sorted(
-        ((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda np: np[0]
-    )
-    for name, param in params:
-        data = param.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-        digest.update(f"{name} {param.dtype} {tuple(param.shape)}\n".encode())
-        digest.update(data.numpy())  # the buffer itself: no copy
-    return digest.hexdigest()
-
-
 def rank_weight_hashes(model, accelerator) -> list[str] | None:
     """Every rank's trainable_sha256, in rank order; an error unless they are all equal.
 
@@ -106,19 +71,6 @@ def rank_weight_hashes(model, accelerator) -> list[str] | None:
     return hashes
 
 
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    unknown = [n for n in state if n not in params]
-    if unknown:
-        raise RuntimeError(f"checkpoint names parameters this model lacks: {unknown[:3]}")
-    absent = [n for n, p in params.items() if p.requires_grad and n not in state]
-    if absent:
-        raise RuntimeError(f"checkpoint lacks trained parameters: {absent[:3]}")
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
-
-
 def make_optimizer(model, args: TrainArgs) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -132,69 +84,248 @@ def make_optimizer(model, args: TrainArgs) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
 
 
+# --scheduler's names -> transformers' (the rate warms up linearly in each).
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
 def make_scheduler(optimizer, args: TrainArgs, total_steps: int):
-    warmup = round(args.warmup_ratio * total_steps)
+    """transformers' schedules, with the Trainer's warmup steps (the peer's convention)."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if args.scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if args.scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return max(0.0, 1 - progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(
+        SCHEDULERS[args.scheduler],
+        optimizer,
+        num_warmup_steps=math.ceil(args.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
 
 
-class Checkpoints:
-    """checkpoint/ in the run directory: written atomically, read on resume."""
+@dataclass
+class Running:
+    """What holds while the loop runs: the meters, the progress shown and the frozen
+    layers' stored outputs (None: they run on every step)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    meter: Meter
+    share: threads.CoreShare
+    bar: tqdm
+    progress: Progress
+    frozen: frozen_cache.FrozenCache | None = None
 
-    def exists(self) -> bool:
-        return (self.folder / "state.json").is_file()
 
-    def save(self, model, optimizer, scheduler, state: LoopState, best: dict | None) -> None:
-        def fill(tmp: Path) -> None:
-            save_file(trainable_state(model), tmp / "trainable.safetensors")
-            if best is not None:
-                save_file(best, tmp / "best.safetensors")
-            torch.save(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                },
-                tmp / "optimizer.pt",
+class Fit:
+    """One training run's moving parts, set up once, then phases with a name each
+    (litgpt's fit/validate, torchtune's recipe methods): resume, running, epoch, step,
+    validate, restore_best, summary."""
+
+    def __init__(
+        self, model, task, train_items, val_items, args: TrainArgs, log, on_validation, track
+    ):
+        from accelerate import Accelerator
+
+        self.task, self.train_items, self.val_items, self.args = task, train_items, val_items, args
+        self.log, self.on_validation, self.track = log, on_validation, track
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.lengths = [len(it.input_ids) for it in train_items]
+        windows = len(epoch_windows(self.lengths, args.batch_size, args.grad_accum, 0, 0))
+        self.windows_per_epoch = max(1, windows // self.accelerator.num_processes)
+        self.total_steps = args.max_steps or math.ceil(args.epochs * self.windows_per_epoch)
+        self.eval_every = validation_interval(args, self.total_steps)
+        use_fast_dropout(model)
+        optimizer = make_optimizer(model, args)
+        self.scheduler = make_scheduler(optimizer, args, self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)  # under any wrapper
+        self.metric, self.higher_is_better = task.validation
+        self.state, self.best = LoopState(), None
+        self.checkpoints: Checkpoints | None = None
+
+    def resume(self, checkpoints: Checkpoints) -> None:
+        """Go on from the checkpoint there is; later checkpoints are written there."""
+        self.checkpoints = checkpoints
+        if checkpoints.exists():
+            self.state, self.best = checkpoints.load(self.unwrapped, self.optimizer, self.scheduler)
+            self.log(
+                f"resumed from {checkpoints.folder} at step {self.state.step}/{self.total_steps}"
             )
-            write_json_atomic(tmp / "state.json", asdict(state))
 
-        write_dir_atomic(self.folder, fill)
-
-    def load(self, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
-        """Everything or nothing: a damaged checkpoint is one clear error."""
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Running]:
+        """Train mode, the measured span, precision, attention and thread settings, and
+        the frozen layers' outputs computed once where that pays."""
+        self.model.train()
+        release_freed_memory()
+        main = self.accelerator.is_main_process
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc="train",
+            disable=None if main else True,
+        )  # one bar: rank 0's
+        processes = self.accelerator.num_processes
+        progress = Progress(self.total_steps, self.args, self.log, processes)
+        share = threads.core_share(self.args.threads)
         try:
-            return self._load(model, optimizer, scheduler)
-        except Exception as exc:  # safetensors, torch, json: each fails its own way
-            raise PeftlabError(
-                f"the checkpoint in {self.folder} is damaged ({type(exc).__name__}: "
-                f"{first_line(exc)}); delete {self.folder} to restart training from the "
-                "last milestone in run.json (the base evaluation is kept)"
-            ) from None
+            with (
+                Meter() as meter,
+                bf16_frozen_weights(self.unwrapped, self.args.precision),
+                cpu_attention(self.unwrapped, max(self.lengths)),
+                share,
+            ):
+                running = Running(meter, share, bar, progress)
+                repeats = self.total_steps > self.windows_per_epoch
+                running.frozen = cache_frozen_layers(
+                    self.accelerator,
+                    self.unwrapped,
+                    self.task,
+                    self.train_items,
+                    self.args,
+                    repeats,
+                    self.log,
+                )
+                if running.frozen is not None:
+                    self.state.train_seconds += running.frozen.build_seconds
+                yield running
+        finally:
+            bar.close()
 
-    def _load(self, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
-        load_trainable_state(model, load_file(self.folder / "trainable.safetensors"))
-        # Our own file of tensors and numbers: weights_only loading, no arbitrary pickle.
-        extra = torch.load(self.folder / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["torch_rng"])
-        state = LoopState(**json.loads((self.folder / "state.json").read_text()))
-        best_file = self.folder / "best.safetensors"
-        return state, load_file(best_file) if best_file.exists() else None
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def epoch(self, running: Running) -> None:
+        """This process's share of the epoch's windows, from where the loop stands."""
+        windows = epoch_windows(
+            self.lengths,
+            self.args.batch_size,
+            self.args.grad_accum,
+            self.args.seed,
+            self.state.epoch,
+        )
+        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        windows = windows[rank::processes][: self.windows_per_epoch]
+        for window in windows[self.state.window :]:
+            self.step(window, running)
+            self.after_step(running, end_of_epoch=self.state.window == len(windows))
+            if self.done:
+                return  # the epoch is not over: a resume goes on inside it
+        self.state.epoch += 1
+        self.state.window = 0
+
+    def step(self, window: list[list[int]], running: Running) -> None:
+        started = time.perf_counter()
+        loss = train_step(
+            self.model,
+            self.task,
+            self.train_items,
+            window,
+            self.optimizer,
+            self.scheduler,
+            self.accelerator,
+            self.args,
+            running.frozen,
+        )
+        state = self.state
+        state.train_seconds += time.perf_counter() - started
+        running.share.check()
+        state.window += 1
+        state.step += 1
+        state.samples += sum(len(b) for b in window) * self.accelerator.num_processes
+        lr = self.scheduler.get_last_lr()[0]
+        state.history.append({"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr})
+        self.track({"train/loss": loss, "train/lr": lr}, state.step)
+        running.bar.update(1)
+        running.bar.set_postfix(loss=f"{loss:.4f}")
+        if running.bar.disable:  # no live bar: log lines
+            running.progress.step_done(state)
+
+    def after_step(self, running: Running, end_of_epoch: bool) -> None:
+        """A validation and a checkpoint, when due."""
+        if self.validation_due(end_of_epoch):
+            if self.done and not self.state.evals and self.args.score_on == "test":
+                # A single validation at the very end selects nothing: the test
+                # evaluation of the same weights follows at once.
+                self.log("validation skipped: one final validation would select nothing")
+            else:
+                self.validate()
+        if running.progress.checkpoint_due(self.state.step, self.done):
+            if self.accelerator.is_main_process:
+                self.checkpoints.save(
+                    self.unwrapped, self.optimizer, self.scheduler, self.state, self.best
+                )
+            self.accelerator.wait_for_everyone()
+
+    def validation_due(self, end_of_epoch: bool) -> bool:
+        state, every = self.state, self.eval_every
+        due = (every and state.step % every == 0) or (not every and end_of_epoch) or self.done
+        return bool(due) and (not state.evals or state.evals[-1]["step"] != state.step)
+
+    def validate(self) -> None:
+        """Score the validation split; keep the weights if they are the best so far."""
+        task, state = self.task, self.state
+        metrics = evaluate(
+            self.unwrapped,
+            task,
+            self.val_items,
+            self.args.eval_batch_size,
+            self.args.precision,
+            self.accelerator.device,
+            desc="validate",
+            generate=False,
+        )
+        state.evals.append(
+            {
+                "step": state.step,
+                "epoch": state.epoch,
+                **{k: metrics[k] for k in task.validation_keys},
+            }
+        )
+        self.track({f"validation/{k}": metrics[k] for k in task.validation_keys}, state.step)
+        value = metrics[self.metric]
+        if state.best_metric is None or (
+            value > state.best_metric if self.higher_is_better else value < state.best_metric
+        ):
+            state.best_metric, state.best_step = value, state.step
+            if self.args.keep_best:
+                self.best = trainable_state(self.unwrapped)
+        self.log(
+            f"step {state.step}: validation {self.metric} {value:.4f} (best "
+            f"{state.best_metric:.4f} at step {state.best_step})"
+        )
+        if self.on_validation is not None:
+            self.on_validation(len(state.evals), value, self.done)
+
+    def restore_best(self) -> None:
+        state = self.state
+        if self.args.keep_best and self.best is not None and state.best_step != state.step:
+            load_trainable_state(self.unwrapped, self.best, "the best weights kept in memory")
+            self.log(
+                f"kept the best weights: step {state.best_step} ({self.metric} "
+                f"{state.best_metric:.4f})"
+            )
+
+    def summary(self, running: Running) -> dict:
+        """The training record: timing, speed, memory, best validation, history."""
+        state, meter, frozen = self.state, running.meter, running.frozen
+        compute = max(state.train_seconds, 1e-9)
+        return {
+            "runtime_s": round(meter.seconds, 3),
+            "train_compute_s": round(state.train_seconds, 3),
+            "samples": state.samples,
+            "steps": state.step,
+            "epochs": round(state.samples / max(1, len(self.train_items)), 3),
+            "samples_per_s": round(state.samples / compute, 3),
+            "steps_per_s": round(state.step / compute, 3),
+            "thread_count_changes": running.share.changes,
+            "peak_memory_mb": round(meter.peak_memory_mb, 1),
+            "best_step": state.best_step,
+            "best_validation": state.best_metric,
+            "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
+            "num_processes": self.accelerator.num_processes,
+            "frozen_layers_cached": frozen.stack.first_trained if frozen else 0,
+            "rank_weight_sha256": rank_weight_hashes(self.unwrapped, self.accelerator),
+            "history": state.history,
+            "evals": state.evals,
+        }
 
 
 def train(
@@ -213,168 +344,22 @@ def train(
     on_validation(index, value, final) hears each validation score (a tuning trial reports
     it to its pruner, which may stop the run by raising TrialPruned). track(values, step)
     hears each step's loss and rate and each validation's scores (tracking.py)."""
-    track = track or (lambda values, step: None)
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    device = accelerator.device
-    lengths = [len(it.input_ids) for it in train_items]
-    windows_per_epoch = len(epoch_windows(lengths, args.batch_size, args.grad_accum, 0, 0))
-    windows_per_epoch = max(1, windows_per_epoch // accelerator.num_processes)
-    total_steps = args.max_steps or math.ceil(args.epochs * windows_per_epoch)
-    eval_every = validation_interval(args, total_steps)
-
-    use_fast_dropout(model)
-    optimizer = make_optimizer(model, args)
-    scheduler = make_scheduler(optimizer, args, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)  # the model itself, under any wrapper
-    checkpoints = Checkpoints(checkpoint_dir)
-    state, best = LoopState(), None
-    if checkpoints.exists():
-        state, best = checkpoints.load(unwrapped, optimizer, scheduler)
-        log(f"resumed from {checkpoint_dir} at step {state.step}/{total_steps}")
-
-    metric, higher_is_better = task.validation
-
-    def validate() -> None:
-        nonlocal best
-        metrics = evaluate(
-            unwrapped,
-            task,
-            val_items,
-            args.eval_batch_size,
-            args.precision,
-            device,
-            desc="validate",
-            generate=False,
-        )
-        entry = {"step": state.step, "epoch": state.epoch}
-        entry.update({k: metrics[k] for k in task.validation_keys})
-        state.evals.append(entry)
-        track({f"validation/{k}": metrics[k] for k in task.validation_keys}, state.step)
-        value = metrics[metric]
-        improved = state.best_metric is None or (
-            value > state.best_metric if higher_is_better else value < state.best_metric
-        )
-        if improved:
-            state.best_metric, state.best_step = value, state.step
-            if args.keep_best:
-                best = trainable_state(unwrapped)
-        log(
-            f"step {state.step}: validation {metric} {value:.4f} (best {state.best_metric:.4f}"
-            f" at step {state.best_step})"
-        )
-        if on_validation is not None:
-            on_validation(len(state.evals), value, state.step >= total_steps)
-
-    model.train()
-    release_freed_memory()
-    progress = Progress(total_steps, args, log, accelerator.num_processes)
-    share = threads.core_share(args.threads)
-    # One progress bar for the whole group: rank 0's.
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="train",
-        disable=None if accelerator.is_main_process else True,
+    fit = Fit(
+        model,
+        task,
+        train_items,
+        val_items,
+        args,
+        log,
+        on_validation,
+        track or (lambda values, step: None),
     )
-    with (
-        Meter() as meter,
-        bf16_frozen_weights(unwrapped, args.precision),
-        cpu_attention(unwrapped, max(lengths)),
-        share,
-    ):
-        frozen = cache_frozen_layers(
-            accelerator, unwrapped, task, train_items, args, total_steps > windows_per_epoch, log
-        )
-        if frozen is not None:
-            state.train_seconds += frozen.build_seconds
-        while state.step < total_steps:
-            windows = epoch_windows(
-                lengths, args.batch_size, args.grad_accum, args.seed, state.epoch
-            )
-            windows = windows[accelerator.process_index :: accelerator.num_processes]
-            windows = windows[:windows_per_epoch]
-            for window in windows[state.window :]:
-                started = time.perf_counter()
-                loss = train_step(
-                    model,
-                    task,
-                    train_items,
-                    window,
-                    optimizer,
-                    scheduler,
-                    accelerator,
-                    args,
-                    frozen,
-                )
-                state.train_seconds += time.perf_counter() - started
-                share.check()
-                state.window += 1
-                state.step += 1
-                state.samples += sum(len(b) for b in window) * accelerator.num_processes
-                state.history.append(
-                    {
-                        "step": state.step,
-                        "epoch": state.epoch,
-                        "loss": loss,
-                        "lr": scheduler.get_last_lr()[0],
-                    }
-                )
-                entry = state.history[-1]
-                track({"train/loss": loss, "train/lr": entry["lr"]}, state.step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if bar.disable:  # no live bar: log lines
-                    progress.step_done(state)
-                done = state.step >= total_steps
-                end_of_epoch = state.window == len(windows)
-                if (
-                    (eval_every and state.step % eval_every == 0)
-                    or (not eval_every and end_of_epoch)
-                    or done
-                ) and (not state.evals or state.evals[-1]["step"] != state.step):
-                    if done and not state.evals and args.score_on == "test":
-                        # A single validation at the very end selects nothing: the test
-                        # evaluation of the same weights follows at once.
-                        log("validation skipped: one final validation would select nothing")
-                    else:
-                        validate()
-                if progress.checkpoint_due(state.step, done):
-                    if accelerator.is_main_process:
-                        checkpoints.save(unwrapped, optimizer, scheduler, state, best)
-                    accelerator.wait_for_everyone()
-                if done:
-                    break
-            else:
-                state.epoch += 1
-                state.window = 0
-    bar.close()
-
-    if args.keep_best and best is not None and state.best_step != state.step:
-        load_trainable_state(unwrapped, best)
-        log(f"kept the best weights: step {state.best_step} ({metric} {state.best_metric:.4f})")
-    hashes = rank_weight_hashes(unwrapped, accelerator)
-    return {
-        "runtime_s": round(meter.seconds, 3),
-        "train_compute_s": round(state.train_seconds, 3),
-        "samples": state.samples,
-        "steps": state.step,
-        "epochs": round(state.samples / max(1, len(train_items)), 3),
-        "samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
-        "steps_per_s": round(state.step / max(state.train_seconds, 1e-9), 3),
-        "thread_count_changes": share.changes,
-        "peak_memory_mb": round(meter.peak_memory_mb, 1),
-        "best_step": state.best_step,
-        "best_validation": state.best_metric,
-        "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
-        "num_processes": accelerator.num_processes,
-        "frozen_layers_cached": frozen.stack.first_trained if frozen else 0,
-        "rank_weight_sha256": hashes,
-        "history": state.history,
-        "evals": state.evals,
-    }
+    fit.resume(Checkpoints(checkpoint_dir))
+    with fit.running() as running:
+        while not fit.done:
+            fit.epoch(running)
+    fit.restore_best()
+    return fit.summary(running)
 
 
 def validation_interval(args: TrainArgs, total_steps: int) -> int:
