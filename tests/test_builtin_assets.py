@@ -62,8 +62,10 @@ def test_minilm_learns_bbc_news_topics(tmp_path):
         "tech",
     ]
     assert record["before"]["accuracy"] < 0.5  # an untrained linear head
-    # 222 test articles, one is 0.45 points: bf16 (0.896) and fp32 land a few apart.
-    assert record["after"]["accuracy"] >= 0.88
+    # 222 test articles, one is 0.45 points. 50 steps: seeds 0-3 give 0.85, 0.87, 0.91,
+    # 0.94 (bf16) with transformers' warmup (the rate is 0 at step 0), 0.90-0.94 with the
+    # old one that started at a sixth of it.
+    assert record["after"]["accuracy"] >= 0.83
 
 
 def test_smollm2_learns_to_write_bbc_headlines(tmp_path):

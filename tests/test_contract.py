@@ -15,8 +15,8 @@ import torch
 from builds import CASES, Built
 
 from peftlab.artifact import save_artifact
-from peftlab.bottleneck import is_trained_copy_param
 from peftlab.errors import PeftlabError
+from peftlab.head_copies import is_trained_copy_param
 from peftlab.methods import METHODS, base_model, merge_method, reload_artifact
 
 # Pairs the method must refuse up front: these architectures have no bias terms, and
@@ -117,8 +117,12 @@ def test_merge_is_exact_or_refused_with_a_reason(name, case):
         with pytest.raises(PeftlabError, match="cannot merge"):
             merge_method(built.model, built.method)
         return
+    with base_model(built.model):
+        base = built.logits(built.model)
+    assert (base - expected).abs().max() > 1e-3  # trained: a merge that drops it would show
     merged = merge_method(built.model, built.method)
-    assert not any(p.requires_grad and built.method.owns(n) for n, p in merged.named_parameters())
+    assert not any(built.method.owns(n) for n, _ in merged.named_parameters())  # folded in
+    assert not any(p.requires_grad for p in merged.parameters())
     torch.testing.assert_close(built.logits(merged), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -20,6 +20,7 @@ from peftlab.config import (
     apply_mapping,
     coerce,
     field_path,
+    flag_name,
     from_dict,
     iter_fields,
     load_yaml,
@@ -34,7 +35,7 @@ def settings_by_name() -> dict[str, str]:
     names = {}
     for owner, name, f in iter_fields(defaults):
         path = field_path(defaults, owner, name)
-        names[(f.metadata.get("flag") or name).replace("-", "_")] = path
+        names[flag_name(f).replace("-", "_")] = path
         names[path] = path
     return names
 

@@ -11,6 +11,15 @@ from __future__ import annotations
 from peftlab.errors import ConfigError
 
 
+def replace_module(model, name: str, new):
+    """Put `new` where the submodule at dotted path `name` is; returns the one it replaced."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)  # "" is the model itself
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
 def linear_types() -> tuple[type, ...]:
     import torch.nn as nn
     from transformers.pytorch_utils import Conv1D

@@ -23,11 +23,14 @@ from peftlab.config import (
     coerce,
     field_path,
     field_type,
+    flag_name,
+    flags_by_path,
     iter_fields,
     load_yaml,
     set_path,
 )
 from peftlab.errors import PeftlabError
+from peftlab.precision import CHOICES as PRECISIONS
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +40,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for owner, name, f in iter_fields(defaults):
         path = field_path(defaults, owner, name)
         section = path.split(".")[0] if "." in path else "run"
-        flag = "--" + (f.metadata.get("flag") or name.replace("_", "-"))
+        flag = "--" + flag_name(f)
         default = getattr(owner, name)
         shown = ",".join(default) if isinstance(default, list) else default
         choices = f.metadata.get("choices")
@@ -58,10 +61,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig()
     if args.config:
         apply_mapping(cfg, load_yaml(args.config), str(args.config))
+    flags = flags_by_path()
     for path, value in vars(args).items():
-        if path.split(".")[0] not in SECTIONS and path not in ("out", "name"):
-            continue  # --config, --resume, command
-        set_path(cfg, path, value, "--" + path.rpartition(".")[2].replace("_", "-"))
+        if path in flags:  # not --config, --resume, the command
+            set_path(cfg, path, value, flags[path])
     from peftlab.methods import checked  # torch: only once a run is asked for
 
     return checked(cfg)
@@ -477,9 +480,6 @@ def add_merge_parser(sub) -> None:
         help="largest allowed output difference, merged vs adapter, as a share of the "
         "logits' largest magnitude (float rounding grows with it; default: 1e-4)",
     )
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def add_serve_parser(sub) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from peftlab.errors import ConfigError
+from peftlab.precision import CHOICES as PRECISIONS
 
 
 def arg(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
@@ -257,7 +258,7 @@ class TrainArgs:
         "Compute precision: bf16 autocast (matmuls in bf16, weights and losses in fp32), "
         "fp32, or auto: bf16 where the hardware has native bf16 (CPUs with AVX512-BF16 or "
         "AMX, recent GPUs), else fp32. run.json records the resolved value.",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
     )
     cache_frozen_layers: bool = arg(
         True,
@@ -413,6 +414,21 @@ def iter_fields(cfg: RunConfig):
     for f in dataclasses.fields(cfg):
         if f.name not in SECTIONS:
             yield cfg, f.name, f
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The setting's command-line flag, without its dashes (a Python keyword: with
+    underscores for the dashes)."""
+    return f.metadata.get("flag") or f.name.replace("_", "-")
+
+
+def flags_by_path() -> dict[str, str]:
+    """'train.epochs' -> '--epochs', for every leaf setting."""
+    defaults = RunConfig()
+    return {
+        field_path(defaults, owner, name): "--" + flag_name(f)
+        for owner, name, f in iter_fields(defaults)
+    }
 
 
 def field_path(cfg: RunConfig, owner: Any, name: str) -> str:

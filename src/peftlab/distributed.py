@@ -94,18 +94,20 @@ def broadcast_object(obj: T) -> T:
     """Rank 0's `obj` on every rank (any picklable value)."""
     if num_processes() == 1:
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    from accelerate.utils import broadcast_object_list
+
+    init()
+    return broadcast_object_list([obj], from_process=0)[0]
 
 
 def gather_object(obj: T) -> list[T]:
     """Every rank's `obj`, in rank order, on every rank."""
     if num_processes() == 1:
         return [obj]
-    gathered: list = [None] * num_processes()
-    dist.all_gather_object(gathered, obj)
-    return gathered
+    from accelerate.utils import gather_object as gather
+
+    init()
+    return gather([obj])  # accelerate flattens the ranks' lists: one item each
 
 
 def barrier() -> None:

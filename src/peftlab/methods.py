@@ -8,7 +8,7 @@ exact where the method is mergeable and refused with a reason where it is not.
 
 Two kinds of method: LoRA-style ones change layers (lora, dora, qlora, ia3, adapter,
 bitfit); prompt-style ones change inputs (prefix, prompt, ptuning). peft implements most;
-the bottleneck adapter and BitFit are ours (bottleneck.py).
+the bottleneck adapter and BitFit are ours (bottleneck.py, bitfit.py; head_copies.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from peftlab import architecture, bottleneck, selection
+from peftlab import architecture, bitfit, bottleneck, head_copies, selection
 from peftlab.config import MethodArgs, RunConfig
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.failure import first_line
@@ -277,12 +277,12 @@ def freeze_all_but(model, keep: Callable[[str], bool]) -> None:
 
 
 def own_or_head(owns: Callable[[str], bool]) -> Callable[[str], bool]:
-    return lambda name: owns(name) or bottleneck.is_trained_copy_param(name)
+    return lambda name: owns(name) or head_copies.is_trained_copy_param(name)
 
 
 def attach_adapter(model, args: MethodArgs, info: ModelInfo):
     names = adapter_targets(model, args)
-    bottleneck.train_copies(model, head_module_names(model, info))
+    head_copies.train_copies(model, head_module_names(model, info))
     bottleneck.insert_adapters(model, names, args.adapter_size)
     freeze_all_but(model, own_or_head(bottleneck.is_adapter_param))
     return model
@@ -328,10 +328,10 @@ def attach_bitfit(model, args: MethodArgs, info: ModelInfo):
             f"this model ({info.model_type}) has no bias terms to train in the "
             "selected modules; choose another method (e.g. lora)",
         )
-    bottleneck.train_copies(model, head_module_names(model, info))
+    head_copies.train_copies(model, head_module_names(model, info))
     for module in modules:
-        bottleneck.add_bias_delta(module)
-    freeze_all_but(model, own_or_head(bottleneck.is_bias_delta_param))
+        bitfit.add_bias_delta(module)
+    freeze_all_but(model, own_or_head(bitfit.is_bias_delta_param))
     return model
 
 
@@ -425,7 +425,7 @@ METHODS: dict[str, Method] = {
             attach_bitfit,
             "native",
             default_lr=5e-3,
-            owns=bottleneck.is_bias_delta_param,
+            owns=bitfit.is_bias_delta_param,
         ),
         Method(
             "full",
@@ -448,9 +448,26 @@ def base_model(model):
         if model.active_peft_config.is_prompt_learning:
             return _prompt_learning_disabled(model)
         return model.disable_adapter()
-    if any(isinstance(m, bottleneck.SWITCHABLE) for m in model.modules()):
-        return bottleneck.adapters_disabled(model)
+    own = [m for m in model.modules() if isinstance(m, SWITCHABLE)]
+    if own:
+        return _switched_off(own)
     return contextlib.nullcontext()  # `full` before training is the base model itself
+
+
+# Our own layers (bottleneck adapters, BitFit deltas, trained head copies) each run the
+# base alone while their `enabled` is False.
+SWITCHABLE = (bottleneck.WithAdapter, bitfit.BiasDelta, head_copies.TrainedCopy)
+
+
+@contextlib.contextmanager
+def _switched_off(layers):
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 @contextlib.contextmanager
@@ -477,12 +494,11 @@ def merge_method(model, method: Method):
         raise PeftlabError(f"cannot merge {method.name}: {method.merge}")
     if method.kind == "peft":
         keep_trained_heads(model)
-        return model.merge_and_unload()
-    bottleneck.merge_bias_deltas(model)
-    bottleneck.merge_trained_copies(model)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
+        model = model.merge_and_unload()
+    else:
+        bitfit.merge_bias_deltas(model)
+        head_copies.merge_trained_copies(model)
+    return model.requires_grad_(False)  # a merged model is for inference
 
 
 def keep_trained_heads(model) -> None:
@@ -495,9 +511,7 @@ def keep_trained_heads(model) -> None:
     inner = model.get_base_model()
     for name, module in list(inner.named_modules()):
         if isinstance(module, ModulesToSaveWrapper):
-            parent_name, _, child = name.rpartition(".")
-            parent = inner.get_submodule(parent_name) if parent_name else inner
-            setattr(parent, child, module.modules_to_save[model.active_adapter])
+            architecture.replace_module(inner, name, module.modules_to_save[model.active_adapter])
 
 
 def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: ModelInfo):
