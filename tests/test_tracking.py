@@ -1,7 +1,12 @@
 """--report-to logs a run to real trackers through accelerate's: what was logged is read
-back from a real MLflow store (SQLite) and real TensorBoard event files."""
+back from a real MLflow store (SQLite), real TensorBoard event files and trackio's own
+local SQLite database."""
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +72,32 @@ def test_a_run_logs_config_steps_scores_costs_and_its_record(
         [h["lr"] for h in record["train"]["history"]]
     )
     assert scalars["test/accuracy"] == [(steps, pytest.approx(record["after"]["accuracy"]))]
+
+
+def test_a_run_logs_to_trackio_locally(tiny_llama, sentiment_csv, tmp_path):
+    """trackio's local-first store (TRACKIO_DIR, read once at its import: a process of
+    its own), read back from its SQLite file: project, run, config and every step."""
+    out, store = tmp_path / "run", tmp_path / "trackio"
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), *TRAIN]
+    argv += ["--report-to", "trackio", "--project", "tiny"]
+    env = {**os.environ, "TRACKIO_DIR": str(store), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "peftlab", *argv], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((out / "run.json").read_text())
+    with sqlite3.connect(store / "tiny.db") as db:
+        rows = db.execute("SELECT run_name, step, metrics FROM metrics ORDER BY id").fetchall()
+        (config,) = db.execute("SELECT config FROM configs").fetchone()
+    (name,) = {name for name, _, _ in rows}  # one run, named as the run is
+    assert name.startswith("lora-") and name.endswith("-sentiment")
+    logged = [(step, json.loads(metrics)) for _, step, metrics in rows]
+    losses = [m["train/loss"] for _, m in logged if "train/loss" in m]
+    assert losses == [h["loss"] for h in record["train"]["history"]]
+    assert sum("validation/accuracy" in m for _, m in logged) == 2
+    final = {k: v for _, m in logged for k, v in m.items()}
+    assert final["test/accuracy"] == pytest.approx(record["after"]["accuracy"])
+    assert final["test_base/accuracy"] == pytest.approx(record["before"]["accuracy"])
+    assert json.loads(config)["method.name"] == "lora"
 
 
 def test_a_comparison_logs_each_run_under_one_experiment(
