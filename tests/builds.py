@@ -22,11 +22,13 @@ CASES = [
     ("distilbert", "classification"),
     ("bert", "classification"),
     ("roberta", "classification"),
+    ("t5", "classification"),
     ("t5", "summarization"),
+    ("bart", "classification"),
     ("bart", "summarization"),
 ]
-# Architectures whose family a task refuses before any method is attached.
-REFUSED_TASKS = [("t5", "classification"), ("bart", "classification")]
+# The head a case classifies with where "auto" does not pick one (encoder-decoders).
+HEADS = {("t5", "classification"): "linear", ("bart", "classification"): "linear"}
 NAMES = {
     "gpt2": "GPT-2",
     "llama": "Llama",
@@ -42,9 +44,12 @@ NAMES = {
 class Built:
     """A tiny model with a method attached, its task, and a batch to compare outputs on."""
 
-    def __init__(self, model_dir, data_file, method_name, task="classification", **method_args):
+    def __init__(
+        self, model_dir, data_file, method_name, task="classification", head="auto", **method_args
+    ):
         cfg = RunConfig()
         cfg.model.name = str(model_dir)
+        cfg.model.head = head
         cfg.data.name = str(data_file)
         cfg.task.name = task
         cfg.model.max_length = 64  # the tiny texts are short; fits every position table

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny
-from builds import CASES, NAMES, REFUSED_TASKS, Built
+from builds import CASES, HEADS, NAMES, Built
 
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
@@ -24,10 +24,10 @@ README = Path(__file__).parents[1] / "README.md"
 BEGIN, END = "<!-- support-table -->", "<!-- /support-table -->"
 
 
-def outcome(model_dir: Path, data_file: Path, method: str, task: str) -> str | None:
+def outcome(model_dir: Path, data_file: Path, method: str, task: str, head: str) -> str | None:
     """None when the method attaches and trains a step; else the refusal's message."""
     try:
-        built = Built(model_dir, data_file, method, task)
+        built = Built(model_dir, data_file, method, task, head)
     except PeftlabError as exc:
         return str(exc)
     built.train_steps(1)
@@ -41,13 +41,14 @@ def generate(folder: Path) -> str:
     }
     models = {}
     rows, notes = [], []
-    for arch, task in sorted(CASES + REFUSED_TASKS, key=lambda c: list(NAMES).index(c[0])):
+    for arch, task in sorted(CASES, key=lambda c: list(NAMES).index(c[0])):
         if arch not in models:
             models[arch] = tiny.make_model(folder / arch, arch)
-        results = {m: outcome(models[arch], data_files[task], m, task) for m in METHODS}
+        head = HEADS.get((arch, task), "auto")
+        results = {m: outcome(models[arch], data_files[task], m, task, head) for m in METHODS}
         # Messages name the model as given: here a temporary folder, shown as the arch.
         results = {m: r and r.replace(str(models[arch]), arch) for m, r in results.items()}
-        label = f"{NAMES[arch]} ({task})"
+        label = f"{NAMES[arch]} ({task}{', linear head' if head == 'linear' else ''})"
         rows.append([label] + ["yes" if r is None else "refused" for r in results.values()])
         refusals = {r for r in results.values() if r is not None}
         if len(refusals) == 1 and all(results.values()):

@@ -12,7 +12,7 @@ DistilBERT, BERT, RoBERTa, T5, BART), each on the tasks it supports.
 
 import pytest
 import torch
-from builds import CASES, Built
+from builds import CASES, HEADS, Built
 
 from peftlab.artifact import save_artifact
 from peftlab.errors import PeftlabError
@@ -23,6 +23,9 @@ from peftlab.methods import METHODS, base_model, merge_method, reload_artifact
 # DistilBERT takes no key/value cache for prefixes.
 REFUSED = {("bitfit", arch): "no bias terms" for arch in ("llama", "gemma", "t5")}
 REFUSED["prefix", "distilbert"] = "past_key_values"
+for _arch in ("t5", "bart"):  # their ForSequenceClassification takes no virtual tokens
+    for _name in ("prefix", "prompt", "ptuning"):
+        REFUSED[_name, _arch, "classification"] = "does not take"
 
 
 @pytest.fixture(params=CASES, ids=[f"{arch}-{task}" for arch, task in CASES])
@@ -35,11 +38,12 @@ def case(request, tiny_model, sentiment_csv, summary_csv):
 def build(case, name, **method_args):
     """Built(...), or None after checking the refusal where the pair is in REFUSED."""
     arch, model_dir, data_file, task = case
-    reason = REFUSED.get((name, arch))
+    head = HEADS.get((arch, task), "auto")
+    reason = REFUSED.get((name, arch, task)) or REFUSED.get((name, arch))
     if reason is None:
-        return Built(model_dir, data_file, name, task, **method_args)
+        return Built(model_dir, data_file, name, task, head, **method_args)
     with pytest.raises(PeftlabError, match=reason):
-        Built(model_dir, data_file, name, task, **method_args)
+        Built(model_dir, data_file, name, task, head, **method_args)
     return None
 
 

@@ -54,7 +54,7 @@ def merge(adapter: Path, out: Path, base: str | None, tolerance: float) -> dict:
     info, tokenizer = predictor.info, predictor.tokenizer
     batch = sample_batch(predictor)
     with torch.inference_mode():
-        expected = output_logits(predictor.model, batch, info.kind)
+        expected = output_logits(predictor.model, batch, info)
     merged = merge_method(predictor.model, method)
     result = {
         "method": method.name,
@@ -67,7 +67,7 @@ def merge(adapter: Path, out: Path, base: str | None, tolerance: float) -> dict:
         tokenizer.save_pretrained(tmp)
         reloaded = auto_class(info).from_pretrained(tmp, use_safetensors=True).eval()
         with torch.inference_mode():
-            actual = output_logits(reloaded, batch, info.kind)
+            actual = output_logits(reloaded, batch, info)
         diff, scale, relative = difference(expected, actual)
         if not relative <= tolerance:  # also catches NaN
             raise PeftlabError(
@@ -96,11 +96,13 @@ def sample_batch(predictor: Predictor) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask")}
 
 
-def output_logits(model, batch: dict, kind: str) -> torch.Tensor:
-    """Logits at every real (non-padding) position; the decoder's first step for seq2seq."""
+def output_logits(model, batch: dict, info) -> torch.Tensor:
+    """Logits at every real (non-padding) position; the decoder's first step for seq2seq;
+    one row per input for a classification head (an encoder-decoder's feeds its own
+    decoder)."""
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items()}
-    if kind == "seq2seq":
+    if info.kind == "seq2seq" and info.head != "linear":
         start = model.config.decoder_start_token_id
         inputs["decoder_input_ids"] = torch.full((len(batch["input_ids"]), 1), start).to(device)
         return model(**inputs).logits.float().cpu()

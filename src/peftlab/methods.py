@@ -99,7 +99,7 @@ def attach_dora(model, args: MethodArgs, info: ModelInfo):
 
 
 # Heads stay in full precision: they are new (trained and saved whole) or tied.
-UNQUANTIZED = ["classifier", "score", "lm_head"]
+UNQUANTIZED = ["classifier", "score", "classification_head", "lm_head"]
 
 
 def qlora_load_kwargs(args: MethodArgs) -> dict:
@@ -176,9 +176,23 @@ def ia3_targets(model, args: MethodArgs, info: ModelInfo) -> tuple[list[str], li
 # lookup misses configs that name them otherwise (DistilBERT's dim, n_heads, n_layers).
 
 
+def check_prompt_style(name: str, model, info: ModelInfo) -> None:
+    """Encoder-decoders' sequence-classification classes (T5, BART) take neither input
+    embeddings nor a cache from outside, so no virtual tokens can reach them."""
+    if info.kind == "seq2seq" and info.head == "linear":
+        raise ConfigError(
+            "method.name",
+            name,
+            f"{name} feeds the model virtual tokens, which {type(model).__name__} does not "
+            "take (no input embeddings, no past key values); choose a layer-wise method "
+            "(lora, dora, qlora, ia3, adapter, bitfit) or full",
+        )
+
+
 def attach_prefix(model, args: MethodArgs, info: ModelInfo):
     from peft import PrefixTuningConfig
 
+    check_prompt_style("prefix", model, info)
     if not architecture.takes_past_key_values(model):
         raise ConfigError(
             "method.name",
@@ -208,6 +222,7 @@ def attach_prefix(model, args: MethodArgs, info: ModelInfo):
 def attach_prompt(model, args: MethodArgs, info: ModelInfo):
     from peft import PromptTuningConfig, PromptTuningInit
 
+    check_prompt_style("prompt", model, info)
     text_init = args.prompt_init == "text"
     if text_init:
         check_init_text(args.prompt_init_text, info)
@@ -239,6 +254,7 @@ def check_init_text(text: str, info: ModelInfo) -> None:
 def attach_ptuning(model, args: MethodArgs, info: ModelInfo):
     from peft import PromptEncoderConfig
 
+    check_prompt_style("ptuning", model, info)
     config = PromptEncoderConfig(
         num_virtual_tokens=args.num_virtual_tokens,
         encoder_hidden_size=args.ptuning_hidden,

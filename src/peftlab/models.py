@@ -59,6 +59,14 @@ def model_kind(config) -> str:
 
 
 def resolve_head(requested: str, kind: str, model_name: str) -> str:
+    if requested == "auto" and kind == "seq2seq":
+        raise ConfigError(
+            "model.head",
+            requested,
+            f"'{model_name}' is an encoder-decoder: classify with --head linear (its "
+            "ForSequenceClassification head); scoring label words through its decoder is not "
+            "supported yet",
+        )
     if requested == "auto":
         return "label_words" if kind == "causal_lm" else "linear"
     if requested == "label_words" and kind != "causal_lm":

@@ -53,7 +53,19 @@ def label_probabilities(label_names: list[str], probabilities: torch.Tensor) -> 
 
 
 class LinearHead:
+    """`end_id`: a token every input must end with. Encoder-decoders' classification
+    heads (T5, BART) pool the decoder's state at the input's end-of-sequence token and
+    refuse a row without one; not every tokenizer appends it."""
+
     padding_side = "right"
+
+    def __init__(self, end_id: int | None = None):
+        self.end_id = end_id
+
+    def finish(self, ids: list[int], max_length: int) -> list[int]:
+        if self.end_id is None or (ids and ids[-1] == self.end_id):
+            return ids
+        return [*ids[: max_length - 1], self.end_id]
 
     def logits(self, model, batch: dict) -> torch.Tensor:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -105,6 +117,8 @@ class ClassificationTask:
     def encode(self, examples: list[Example]) -> list[Encoded]:
         prompts = [self.format(ex.text) for ex in examples]
         ids = self.tokenizer(prompts, truncation=True, max_length=self.max_length)["input_ids"]
+        if hasattr(self.head, "finish"):
+            ids = [self.head.finish(i, self.max_length) for i in ids]
         return [Encoded(i, ex.label) for i, ex in zip(ids, examples, strict=True)]
 
     def collate(self, items: list[Encoded]) -> dict:

@@ -17,11 +17,6 @@ def model_info(source: ModelSource, cfg: RunConfig) -> models.ModelInfo:
     kind = models.model_kind(config)
     task = cfg.task.name
     if task == "classification":
-        if kind == "seq2seq":
-            raise PeftlabError(
-                f"'{cfg.model.name}' is an encoder-decoder model; classification supports "
-                "decoder LMs and encoders (encoder-decoders: --task summarization or causal_lm)"
-            )
         head = models.resolve_head(cfg.model.head, kind, cfg.model.name)
     else:
         if kind == "encoder":
@@ -92,7 +87,7 @@ def classification_task(cfg, info, dataset: TaskData, tokenizer) -> Classificati
         head = LabelWordHead(tokenizer, words)
         template = cfg.data.template or dataset.template or "Text: {text}\nLabel:"
     else:
-        head = LinearHead()
+        head = LinearHead(tokenizer.eos_token_id if info.kind == "seq2seq" else None)
         template = cfg.data.template or "{text}"
     return ClassificationTask(tokenizer, head, dataset.label_names, template, cfg.model.max_length)
 
