@@ -11,24 +11,31 @@ from peftlab.methods import METHODS, checked
 from peftlab.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
-# (architecture, task): classification for decoders and encoders, summarization for
-# encoder-decoders and decoders. GPT-2 and DistilBERT are the tutorials' models.
+# (architecture, task, head): classification for every family (encoder-decoders with
+# label words through the decoder, the default, and with a linear head), summarization
+# for encoder-decoders and decoders. GPT-2 and DistilBERT are the tutorials' models.
 CASES = [
-    ("gpt2", "classification"),
-    ("gpt2", "summarization"),
-    ("llama", "classification"),
-    ("gemma", "classification"),
-    ("gemma", "summarization"),
-    ("distilbert", "classification"),
-    ("bert", "classification"),
-    ("roberta", "classification"),
-    ("t5", "classification"),
-    ("t5", "summarization"),
-    ("bart", "classification"),
-    ("bart", "summarization"),
+    ("gpt2", "classification", "auto"),
+    ("gpt2", "summarization", "auto"),
+    ("llama", "classification", "auto"),
+    ("gemma", "classification", "auto"),
+    ("gemma", "summarization", "auto"),
+    ("distilbert", "classification", "auto"),
+    ("bert", "classification", "auto"),
+    ("roberta", "classification", "auto"),
+    ("t5", "classification", "auto"),
+    ("t5", "classification", "linear"),
+    ("t5", "summarization", "auto"),
+    ("bart", "classification", "auto"),
+    ("bart", "classification", "linear"),
+    ("bart", "summarization", "auto"),
 ]
-# The head a case classifies with where "auto" does not pick one (encoder-decoders).
-HEADS = {("t5", "classification"): "linear", ("bart", "classification"): "linear"}
+
+
+def case_id(arch: str, task: str, head: str) -> str:
+    return f"{arch}-{task}" + ("" if head == "auto" else f"-{head}")
+
+
 NAMES = {
     "gpt2": "GPT-2",
     "llama": "Llama",

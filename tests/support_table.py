@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny
-from builds import CASES, HEADS, NAMES, Built
+from builds import CASES, NAMES, Built
 
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
@@ -41,10 +41,9 @@ def generate(folder: Path) -> str:
     }
     models = {}
     rows, notes = [], []
-    for arch, task in sorted(CASES, key=lambda c: list(NAMES).index(c[0])):
+    for arch, task, head in sorted(CASES, key=lambda c: list(NAMES).index(c[0])):
         if arch not in models:
             models[arch] = tiny.make_model(folder / arch, arch)
-        head = HEADS.get((arch, task), "auto")
         results = {m: outcome(models[arch], data_files[task], m, task, head) for m in METHODS}
         # Messages name the model as given: here a temporary folder, shown as the arch.
         results = {m: r and r.replace(str(models[arch]), arch) for m, r in results.items()}

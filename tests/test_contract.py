@@ -12,7 +12,7 @@ DistilBERT, BERT, RoBERTa, T5, BART), each on the tasks it supports.
 
 import pytest
 import torch
-from builds import CASES, HEADS, Built
+from builds import CASES, Built, case_id
 
 from peftlab.artifact import save_artifact
 from peftlab.errors import PeftlabError
@@ -25,21 +25,20 @@ REFUSED = {("bitfit", arch): "no bias terms" for arch in ("llama", "gemma", "t5"
 REFUSED["prefix", "distilbert"] = "past_key_values"
 for _arch in ("t5", "bart"):  # their ForSequenceClassification takes no virtual tokens
     for _name in ("prefix", "prompt", "ptuning"):
-        REFUSED[_name, _arch, "classification"] = "does not take"
+        REFUSED[_name, _arch, "linear"] = "does not take"
 
 
-@pytest.fixture(params=CASES, ids=[f"{arch}-{task}" for arch, task in CASES])
+@pytest.fixture(params=CASES, ids=[case_id(*c) for c in CASES])
 def case(request, tiny_model, sentiment_csv, summary_csv):
-    arch, task = request.param
+    arch, task, head = request.param
     data_file = sentiment_csv if task == "classification" else summary_csv
-    return arch, tiny_model(arch), data_file, task
+    return arch, tiny_model(arch), data_file, task, head
 
 
 def build(case, name, **method_args):
     """Built(...), or None after checking the refusal where the pair is in REFUSED."""
-    arch, model_dir, data_file, task = case
-    head = HEADS.get((arch, task), "auto")
-    reason = REFUSED.get((name, arch, task)) or REFUSED.get((name, arch))
+    arch, model_dir, data_file, task, head = case
+    reason = REFUSED.get((name, arch, head)) or REFUSED.get((name, arch))
     if reason is None:
         return Built(model_dir, data_file, name, task, head, **method_args)
     with pytest.raises(PeftlabError, match=reason):

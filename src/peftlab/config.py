@@ -43,10 +43,10 @@ class ModelArgs:
     )
     head: str = arg(
         "auto",
-        "Classification head: 'label_words' scores the next-token logits of one word per "
-        "label (causal LMs; the base model is meaningful before training), 'linear' adds a "
-        "trained linear layer (encoders, or any model); 'auto' picks label_words for causal "
-        "LMs and linear otherwise.",
+        "Classification head: 'label_words' scores one word per label (causal LMs: the next "
+        "token; encoder-decoders: the whole word through the decoder; the base model is "
+        "meaningful before training), 'linear' adds a trained linear layer (encoders, or any "
+        "model); 'auto' picks linear for encoders and label_words otherwise.",
         choices=("auto", "label_words", "linear"),
     )
     max_length: int = arg(
@@ -89,8 +89,8 @@ class DataArgs:
     )
     label_words: list[str] | None = arg(
         None,
-        "One word per label for label-word scoring (comma-separated), scored as ' word'. "
-        "Default: the label names.",
+        "One word per label for label-word scoring (comma-separated), scored as ' word' "
+        "(encoder-decoders: the word's tokens then end-of-sequence). Default: the label names.",
     )
     validation_fraction: float = arg(
         0.1, "Share of the data held out for validation when the data has no own split."

@@ -29,6 +29,7 @@ class ModelInfo:
     model_type: str
     head: str  # "label_words" | "linear" (classification) | "lm" (generation tasks)
     path: str  # local folder or Hub id (prompt-tuning text init reads its tokenizer)
+    decoder_start_id: int | None = None  # encoder-decoders: the decoder's first input
 
 
 def load_config(source: ModelSource):
@@ -59,22 +60,14 @@ def model_kind(config) -> str:
 
 
 def resolve_head(requested: str, kind: str, model_name: str) -> str:
-    if requested == "auto" and kind == "seq2seq":
+    if requested == "auto":  # label words where the model generates: no new weights
+        return "linear" if kind == "encoder" else "label_words"
+    if requested == "label_words" and kind == "encoder":
         raise ConfigError(
             "model.head",
             requested,
-            f"'{model_name}' is an encoder-decoder: classify with --head linear (its "
-            "ForSequenceClassification head); scoring label words through its decoder is not "
-            "supported yet",
-        )
-    if requested == "auto":
-        return "label_words" if kind == "causal_lm" else "linear"
-    if requested == "label_words" and kind != "causal_lm":
-        raise ConfigError(
-            "model.head",
-            requested,
-            f"label-word scoring needs a causal LM and '{model_name}' is an {kind}; "
-            "use --head linear",
+            f"label-word scoring needs a model that generates and '{model_name}' is an "
+            "encoder; use --head linear",
         )
     return requested
 

@@ -322,11 +322,13 @@ class Engine:
             group = [names[i] for i in rows]
             if self.info.head == "linear":
                 scores = self.head_logits(group, [encoded[i] for i in rows])
+            elif self.info.kind == "seq2seq":
+                scores = self.decoder_word_scores(group, [encoded[i] for i in rows])
             else:
                 scores = self.prefill(group, [encoded[i] for i in rows], False)[0]
             for row, (slot, i) in enumerate(zip(slots, rows, strict=True)):
                 head = getattr(slot.task.head, "token_ids", slice(None))  # label words
-                probs = scores[row, head].softmax(-1)
+                probs = scores[row][head].softmax(-1)
                 results[i] = label_probabilities(slot.task.label_names, probs)
         return results
 
@@ -337,6 +339,27 @@ class Engine:
         model, kwargs = self.model_for(names)
         with torch.inference_mode(), autocast(self.precision, self.device):
             return model(input_ids=input_ids, attention_mask=mask, **kwargs).logits.float()
+
+    def decoder_word_scores(self, names: list[str], ids: list[list[int]]) -> list[torch.Tensor]:
+        """Label words through an encoder-decoder's decoder: each adapter's rows scored
+        with its own words (tasks/decoder_label_words.py)."""
+        scores: list = [None] * len(names)
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            slot = self.slots[name]
+            if slot.virtual is not None:
+                raise ServeError(f"'{name}' is prompt-style: served on decoder LMs only")
+            batch = {
+                "input_ids": pad([ids[i] for i in rows], self.tokenizer.pad_token_id, "right"),
+                "attention_mask": pad([[1] * len(ids[i]) for i in rows], 0, "right"),
+            }
+            model, kwargs = self.model_for([name])
+            with torch.inference_mode(), autocast(self.precision, self.device):
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits = slot.task.head.logits(model, batch, **kwargs)
+            for row, i in enumerate(rows):
+                scores[i] = logits[row].float()
+        return scores
 
     @torch.inference_mode()
     def generate(self, names: list[str], inputs: list[str], max_tokens: list[int]) -> list[dict]:

@@ -5,6 +5,7 @@ Two heads behind one interface:
   ("Review: ...\\nSentiment:" -> " positive" / " negative"). No new weights, so the base
   model is meaningful before training, and training sharpens the same scores.
 - LinearHead uses a sequence-classification model's own trained linear layer.
+Encoder-decoders score label words through their decoder (decoder_label_words.py).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from peftlab.config import RunConfig
 from peftlab.data import TaskData
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.tasks.classification import ClassificationTask, LabelWordHead, LinearHead
+from peftlab.tasks.decoder_label_words import DecoderLabelWordHead
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.text_formats import DecoderLayout, Seq2SeqLayout
 
@@ -28,7 +29,14 @@ def model_info(source: ModelSource, cfg: RunConfig) -> models.ModelInfo:
             raise ConfigError("model.head", cfg.model.head, "--head is for classification; drop it")
         head = "lm"
     check_positions(config, cfg, kind)
-    return models.ModelInfo(kind=kind, model_type=config.model_type, head=head, path=source.path)
+    start = getattr(config, "decoder_start_token_id", None)  # seq2seq: where decoding starts
+    return models.ModelInfo(
+        kind=kind,
+        model_type=config.model_type,
+        head=head,
+        path=source.path,
+        decoder_start_id=start if start is not None else getattr(config, "pad_token_id", None),
+    )
 
 
 # These count positions from padding_idx + 1: two fewer usable than the table holds.
@@ -65,7 +73,7 @@ def check_positions(config, cfg: RunConfig, kind: str) -> None:
 
 
 def padding_side(info: models.ModelInfo) -> str:
-    if info.head == "label_words" or (info.head == "lm" and info.kind == "causal_lm"):
+    if info.kind == "causal_lm" and info.head in ("label_words", "lm"):
         return "left"  # the scored or continued position is the last one in every row
     return "right"
 
@@ -84,7 +92,10 @@ def classification_task(cfg, info, dataset: TaskData, tokenizer) -> Classificati
                 f"data.label_words has {len(words)} words for {len(dataset.label_names)} labels "
                 f"{dataset.label_names}; give one word per label"
             )
-        head = LabelWordHead(tokenizer, words)
+        if info.kind == "seq2seq":
+            head = DecoderLabelWordHead(tokenizer, words, info.decoder_start_id)
+        else:
+            head = LabelWordHead(tokenizer, words)
         template = cfg.data.template or dataset.template or "Text: {text}\nLabel:"
     else:
         head = LinearHead(tokenizer.eos_token_id if info.kind == "seq2seq" else None)
