@@ -334,11 +334,16 @@ class Engine:
 
     def head_logits(self, names: list[str], ids: list[list[int]]) -> torch.Tensor:
         """Linear heads: each row through its adapter's own head, right-padded as trained."""
-        input_ids = pad(ids, self.tokenizer.pad_token_id, "right").to(self.device)
-        mask = pad([[1] * len(x) for x in ids], 0, "right").to(self.device)
         model, kwargs = self.model_for(names)
         with torch.inference_mode(), autocast(self.precision, self.device):
-            return model(input_ids=input_ids, attention_mask=mask, **kwargs).logits.float()
+            return model(**self.right_padded(ids), **kwargs).logits.float()
+
+    def right_padded(self, ids: list[list[int]]) -> dict:
+        """input_ids and attention_mask, right-padded (how classifiers' inputs trained)."""
+        return {
+            "input_ids": pad(ids, self.tokenizer.pad_token_id, "right").to(self.device),
+            "attention_mask": pad([[1] * len(x) for x in ids], 0, "right").to(self.device),
+        }
 
     def decoder_word_scores(self, names: list[str], ids: list[list[int]]) -> list[torch.Tensor]:
         """Label words through an encoder-decoder's decoder: each adapter's rows scored
@@ -349,16 +354,12 @@ class Engine:
             slot = self.slots[name]
             if slot.virtual is not None:
                 raise ServeError(f"'{name}' is prompt-style: served on decoder LMs only")
-            batch = {
-                "input_ids": pad([ids[i] for i in rows], self.tokenizer.pad_token_id, "right"),
-                "attention_mask": pad([[1] * len(ids[i]) for i in rows], 0, "right"),
-            }
+            batch = self.right_padded([ids[i] for i in rows])
             model, kwargs = self.model_for([name])
             with torch.inference_mode(), autocast(self.precision, self.device):
-                batch = {k: v.to(self.device) for k, v in batch.items()}
                 logits = slot.task.head.logits(model, batch, **kwargs)
             for row, i in enumerate(rows):
-                scores[i] = logits[row].float()
+                scores[i] = logits[row]
         return scores
 
     @torch.inference_mode()

@@ -27,24 +27,14 @@ class DecoderLabelWordHead:
     def __init__(self, tokenizer, label_words: list[str], decoder_start_id: int):
         self.label_words = label_words
         self.sequences = label_sequences(tokenizer, label_words)
-        self.start_id = decoder_start_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def word_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decoder inputs, targets), one row per label; targets -100 past a word's end."""
-        width = max(len(s) for s in self.sequences)
-        inputs = torch.full((len(self.sequences), width), self.pad_id)
-        targets = torch.full((len(self.sequences), width), -100)
-        for row, sequence in enumerate(self.sequences):
-            inputs[row, : len(sequence)] = torch.tensor([self.start_id, *sequence[:-1]])
-            targets[row, : len(sequence)] = torch.tensor(sequence)
-        return inputs, targets
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.inputs, self.targets = word_batch(self.sequences, decoder_start_id, pad_id)
 
     def token_log_probs(self, model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (row, label)'s per-token log-probabilities and the mask of real tokens:
         both (rows, labels, width)."""
         rows, labels = len(batch["input_ids"]), len(self.sequences)
-        inputs, targets = (t.to(batch["input_ids"].device) for t in self.word_batch())
+        inputs, targets = (t.to(batch["input_ids"].device) for t in (self.inputs, self.targets))
         out = model(
             input_ids=batch["input_ids"].repeat_interleave(labels, 0),
             attention_mask=batch["attention_mask"].repeat_interleave(labels, 0),
@@ -61,6 +51,17 @@ class DecoderLabelWordHead:
         """Each label's word as a whole: its summed log-probability, (rows, labels)."""
         token_scores, real = self.token_log_probs(model, batch, **kwargs)
         return (token_scores * real).sum(-1)
+
+
+def word_batch(sequences: list[list[int]], start_id: int, pad_id: int):
+    """(decoder inputs, targets), one row per label; targets -100 past a word's end."""
+    width = max(len(s) for s in sequences)
+    inputs = torch.full((len(sequences), width), pad_id)
+    targets = torch.full((len(sequences), width), -100)
+    for row, sequence in enumerate(sequences):
+        inputs[row, : len(sequence)] = torch.tensor([start_id, *sequence[:-1]])
+        targets[row, : len(sequence)] = torch.tensor(sequence)
+    return inputs, targets
 
 
 def label_sequences(tokenizer, label_words: list[str]) -> list[list[int]]:
