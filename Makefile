@@ -21,14 +21,20 @@ $(STAMP): pyproject.toml requirements-assets.txt
 demo: setup
 	$(BIN)/peftlab run
 
-# Everything, with the 20 slowest tests listed so each run shows where the time goes.
+# Everything: the unit tests spread over one process per core (one torch thread each:
+# tiny models do not use a second thread well, a second process does), then the slow
+# tests on the real built-in assets and the multi-process ones, one at a time with every
+# core, as each was written to run. The slowest of each part are listed.
+UNIT := -m "not slow and not processes"
 test: setup lint
-	$(BIN)/python -m pytest --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n logical $(UNIT) --durations=10
+	$(BIN)/python -m pytest -m "slow or processes" --durations=10
 
-# For iterating: all but the slow tests on the real built-in model and data and the
-# multi-process ones (workers beside CPU burners, torchrun, the notebook's kernel).
+# For iterating: the first part of `make test`, without the slow tests on the real
+# built-in model and data and the multi-process ones (workers beside CPU burners,
+# torchrun, the notebook's kernel).
 test-fast: setup lint
-	$(BIN)/python -m pytest -m "not slow and not processes" --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n logical $(UNIT) --durations=10
 
 # peftlab vs the stock Trainer + peft pipeline (fp32 and bf16), alternating, 3 rounds:
 # writes bench/results.json. Not part of the tests; about an hour on 2 CPU cores.

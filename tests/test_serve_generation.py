@@ -114,18 +114,21 @@ def test_logprobs_in_both_shapes(client, base):
 
 
 def test_a_short_request_finishes_while_a_long_one_decodes(client, base):
-    finished = {}
+    decoding, finished = threading.Event(), {}
 
-    def ask(name, max_tokens):
-        client.completions.create(
-            model=base, prompt=f"{name} review", max_tokens=max_tokens, extra_body={"top_k": -1}
+    def ask_long():
+        stream = client.completions.create(
+            model=base, prompt="long review", max_tokens=128, stream=True, extra_body={"top_k": -1}
         )
-        finished[name] = time.perf_counter()
+        for _ in stream:
+            decoding.set()  # its first token is out: it is in the running batch
+        finished["long"] = time.perf_counter()
 
-    long = threading.Thread(target=ask, args=("long", 120))
+    long = threading.Thread(target=ask_long)
     long.start()
-    time.sleep(0.2)  # the long one is decoding
-    ask("short", 3)
+    assert decoding.wait(60)  # a condition, not a sleep: on a busy machine it may take long
+    client.completions.create(model=base, prompt="short review", max_tokens=3)
+    finished["short"] = time.perf_counter()
     long.join()
     assert finished["short"] < finished["long"]
 
