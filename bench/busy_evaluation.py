@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from busy_machine import summarize
 
-from peftlab import assets, data, models, threads
 from peftlab.config import RunConfig
-from peftlab.evaluate import evaluate
-from peftlab.methods import resolved
+from peftlab.data import assets, sources
+from peftlab.models import loading
+from peftlab.runner.checks import resolved
 from peftlab.tasks.setup import build_task, model_info, padding_side
+from peftlab.training import threads
+from peftlab.training.evaluate import evaluate
 
 
 def load(test_samples: int):
@@ -34,10 +36,10 @@ def load(test_samples: int):
     cfg = resolved(cfg)
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
-    dataset = data.load(cfg.data)
-    tokenizer = models.load_tokenizer(source, padding_side(info))
+    dataset = sources.load(cfg.data)
+    tokenizer = loading.load_tokenizer(source, padding_side(info))
     task = build_task(cfg, info, dataset, tokenizer)
-    model = models.load_model(source, info, dataset.label_names, tokenizer, False)
+    model = loading.load_model(source, info, dataset.label_names, tokenizer, False)
     return model, task, task.encode(dataset.splits["test"])
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from busy_machine import summarize
 
-from peftlab import child
 from peftlab.cli import main as peftlab
+from peftlab.comparison import child
 
 COMPARE = ["compare", "--model", "minilm-l6", "--dataset", "rotten_tomatoes"]
 COMPARE += ["--methods", "lora,ia3", "--seeds", "0,1", "--train-samples", "64"]

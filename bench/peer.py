@@ -16,10 +16,10 @@ import tempfile
 
 import torch
 
-from peftlab import assets, data
 from peftlab.config import DataArgs
-from peftlab.resources import Meter
+from peftlab.data import assets, sources
 from peftlab.tasks.text_formats import IGNORE
+from peftlab.training.resources import Meter
 
 # The same layers peftlab's LoRA adapts by default: every linear layer of the blocks.
 TARGETS = {
@@ -51,7 +51,7 @@ def run_peer(case: dict, bf16: bool) -> dict:
 
     set_seed(case["seed"])
     path = assets.resolve_model(case["model"]).path
-    dataset = data.load(data_args(case), case["task"])
+    dataset = sources.load(data_args(case), case["task"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from peftlab import assets, data, models
 from peftlab.cli import quiet_libraries
 from peftlab.config import RunConfig
-from peftlab.evaluate import evaluate
-from peftlab.methods import base_model, get_method, resolved
-from peftlab.pipeline import seed_everything
+from peftlab.data import assets, sources
+from peftlab.methods.registry import get_method
+from peftlab.methods.switching import base_model
+from peftlab.models import loading
+from peftlab.runner.checks import resolved
+from peftlab.runner.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
+from peftlab.training.evaluate import evaluate
 
 
 def step_zero(cfg: RunConfig, init: str | None) -> dict:
@@ -25,11 +28,11 @@ def step_zero(cfg: RunConfig, init: str | None) -> dict:
     cfg = resolved(cfg)
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
-    dataset = data.load(cfg.data, cfg.task.name)
-    tokenizer = models.load_tokenizer(source, padding_side(info))
+    dataset = sources.load(cfg.data, cfg.task.name)
+    tokenizer = loading.load_tokenizer(source, padding_side(info))
     task = build_task(cfg, info, dataset, tokenizer)
     seed_everything(0)
-    model = models.load_model(source, info, dataset.label_names, tokenizer, False)
+    model = loading.load_model(source, info, dataset.label_names, tokenizer, False)
     model = get_method("prefix").attach(model, cfg.method, info)
     items = task.encode(dataset.splits["test"])
     batch, precision = cfg.train.eval_batch_size, cfg.train.precision

@@ -63,15 +63,15 @@ def train(work: Path, runs: dict[str, list[str]]) -> dict[str, str]:
 
 
 def texts_of(dataset: str, count: int) -> list[str]:
-    from peftlab.data import load_source
+    from peftlab.data.sources import load_source
 
     frame = load_source(dataset).frames["all"]
     return [str(t)[:600] for t in frame["text"].iloc[-count:]]  # the corpus's last rows
 
 
 def offline(folder: str, texts: list[str], precision: str) -> list[dict]:
-    from peftlab.inference import Predictor
-    from peftlab.package import open_package
+    from peftlab.adapters.inference import Predictor
+    from peftlab.adapters.package import open_package
 
     package = open_package(folder)
     package.manifest["config"]["task"]["max_new_tokens"] = MAX_TOKENS  # what is asked
@@ -109,7 +109,7 @@ def ask_server(folders: dict[str, str], questions: dict[str, list[str]], threads
 
 
 def offline_kind(folder: str) -> str:
-    from peftlab.package import open_package
+    from peftlab.adapters.package import open_package
 
     task = open_package(folder).manifest["config"]["task"]["name"]
     return "label" if task == "classification" else "text"

@@ -35,19 +35,20 @@ def write_adapters(base: str, count: int, folder: Path) -> dict[str, str]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from peftlab import assets, models
     from peftlab.config import RunConfig
+    from peftlab.data import assets
+    from peftlab.models import loading
     from peftlab.tasks.setup import model_info
 
     source = assets.resolve_model(base)
     cfg = RunConfig()
     cfg.model.name, cfg.task.name = base, "causal_lm"
     info = model_info(source, cfg)
-    tokenizer = models.load_tokenizer(source, "left")
+    tokenizer = loading.load_tokenizer(source, "left")
     adapters = {}
     for i in range(count):
         torch.manual_seed(i)
-        model = models.load_model(source, info, [], tokenizer, False, None)
+        model = loading.load_model(source, info, [], tokenizer, False, None)
         config = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
         peft_model = get_peft_model(model, config)
         for name, param in peft_model.named_parameters():
@@ -161,7 +162,7 @@ def naive_app(engine):
     import torch
     from fastapi import FastAPI
 
-    from peftlab.precision import autocast
+    from peftlab.training.precision import autocast
 
     app, lock = FastAPI(), threading.Lock()
     tokenizer, model = engine.tokenizer, engine.families.models["lora"]

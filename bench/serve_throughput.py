@@ -29,9 +29,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from peftlab.adapters.package import open_package
 from peftlab.config import DataArgs
-from peftlab.data import load
-from peftlab.package import open_package
+from peftlab.data.sources import load
 from peftlab.serving import Limits, Server, parse_adapters
 from peftlab.serving.batcher import Batcher
 from peftlab.serving.engine import Engine

@@ -86,8 +86,8 @@ def case_config(name: str) -> dict:
 
 def run_peftlab(case: dict) -> dict:
     from peftlab.config import RunConfig
-    from peftlab.methods import checked
-    from peftlab.pipeline import run
+    from peftlab.runner.checks import checked
+    from peftlab.runner.pipeline import run
 
     cfg = RunConfig()
     cfg.model.name, cfg.model.max_length = case["model"], case["max_length"]
@@ -136,9 +136,10 @@ def train_flops_per_sample(case: dict) -> float:
     (forward + backward). Padding and the output head are not counted: they are work
     a pipeline may or may not waste, not work the task needs.
     """
-    from peftlab import assets, data, models
     from peftlab.config import RunConfig
-    from peftlab.methods import resolved
+    from peftlab.data import assets, sources
+    from peftlab.models import loading
+    from peftlab.runner.checks import resolved
     from peftlab.tasks.setup import build_task, model_info, padding_side
 
     cfg = RunConfig()
@@ -147,9 +148,9 @@ def train_flops_per_sample(case: dict) -> float:
     cfg = resolved(cfg)
     source = assets.resolve_model(case["model"])
     info = model_info(source, cfg)
-    config = models.load_config(source)
-    dataset = data.load(cfg.data, cfg.task.name)
-    tokenizer = models.load_tokenizer(source, padding_side(info))
+    config = loading.load_config(source)
+    dataset = sources.load(cfg.data, cfg.task.name)
+    tokenizer = loading.load_tokenizer(source, padding_side(info))
     task = build_task(cfg, info, dataset, tokenizer)
     tokens = [len(item.input_ids) for item in task.encode(dataset.splits["train"])]
     layers, width = config.num_hidden_layers, config.hidden_size

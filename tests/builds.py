@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from peftlab import assets, data, models
 from peftlab.config import RunConfig
-from peftlab.methods import METHODS, checked
-from peftlab.pipeline import seed_everything
+from peftlab.data import assets, sources
+from peftlab.methods.registry import METHODS
+from peftlab.models import loading
+from peftlab.runner.checks import checked
+from peftlab.runner.pipeline import seed_everything
 from peftlab.tasks.setup import build_task, model_info, padding_side
 
 # (architecture, task, head): classification for every family (encoder-decoders with
@@ -71,8 +73,8 @@ class Built:
         self.method = METHODS[method_name]
         self.source = assets.resolve_model(cfg.model.name)
         self.info = model_info(self.source, cfg)
-        self.dataset = data.load(cfg.data, task)
-        self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
+        self.dataset = sources.load(cfg.data, task)
+        self.tokenizer = loading.load_tokenizer(self.source, padding_side(self.info))
         self.task = build_task(cfg, self.info, self.dataset, self.tokenizer)
         self.base = self.fresh_base()
         seed_everything(0)
@@ -83,7 +85,7 @@ class Built:
     def fresh_base(self, seed: int = 0):
         seed_everything(seed)  # a new linear head is drawn from the seed
         extra = self.method.load_kwargs(self.cfg.method) if self.method.load_kwargs else None
-        return models.load_model(
+        return loading.load_model(
             self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
         )
 

@@ -18,7 +18,7 @@ import tiny
 from builds import CASES, NAMES, Built
 
 from peftlab.errors import PeftlabError
-from peftlab.methods import METHODS
+from peftlab.methods.registry import METHODS
 
 README = Path(__file__).parents[1] / "README.md"
 BEGIN, END = "<!-- support-table -->", "<!-- /support-table -->"

@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-from peftlab import assets
 from peftlab.cli import main
+from peftlab.data import assets
 from peftlab.errors import AssetError
 
 

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from peftlab.cli import main
-from peftlab.precision import native_bf16
+from peftlab.training.precision import native_bf16
 
 pytestmark = pytest.mark.slow
 
@@ -88,21 +88,22 @@ def test_smollm2_learns_to_write_bbc_headlines(tmp_path):
 def test_bf16_scores_smollm2_like_fp32():
     """bf16 autocast is the default where the CPU has native bf16: it must not change what
     the model predicts (real weights, 300 real test reviews)."""
-    from peftlab import assets, data, models
     from peftlab.config import RunConfig
-    from peftlab.evaluate import evaluate
-    from peftlab.methods import resolved
+    from peftlab.data import assets, sources
+    from peftlab.models import loading
+    from peftlab.runner.checks import resolved
     from peftlab.tasks.setup import build_task, model_info, padding_side
+    from peftlab.training.evaluate import evaluate
 
     cfg = RunConfig()
     cfg.data.test_samples = 300
     cfg = resolved(cfg)
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
-    dataset = data.load(cfg.data)
-    tokenizer = models.load_tokenizer(source, padding_side(info))
+    dataset = sources.load(cfg.data)
+    tokenizer = loading.load_tokenizer(source, padding_side(info))
     task = build_task(cfg, info, dataset, tokenizer)
-    model = models.load_model(source, info, dataset.label_names, tokenizer, False)
+    model = loading.load_model(source, info, dataset.label_names, tokenizer, False)
     items = task.encode(dataset.splits["test"])
     fp32 = evaluate(model, task, items, 32, "fp32")
     bf16 = evaluate(model, task, items, 32, "bf16")

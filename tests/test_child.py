@@ -5,7 +5,7 @@ interpreter per run, and never stops a forkserver whose runs are still going."""
 import multiprocessing.forkserver
 import os
 
-from peftlab import child
+from peftlab.comparison import child
 
 
 def forkserver_pid():

@@ -14,10 +14,12 @@ import pytest
 import torch
 from builds import CASES, Built, case_id
 
-from peftlab.artifact import save_artifact
+from peftlab.adapters.artifact import save_artifact
+from peftlab.adapters.inference import reload_artifact
 from peftlab.errors import PeftlabError
-from peftlab.head_copies import is_trained_copy_param
-from peftlab.methods import METHODS, base_model, merge_method, reload_artifact
+from peftlab.methods.head_copies import is_trained_copy_param
+from peftlab.methods.registry import METHODS
+from peftlab.methods.switching import base_model, merge_method
 
 # Pairs the method must refuse up front: these architectures have no bias terms, and
 # DistilBERT takes no key/value cache for prefixes.
@@ -167,7 +169,7 @@ def test_registry_matches_cli_and_readme(capsys):
 def test_side_selection_on_an_encoder_decoder():
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from peftlab.selection import select_modules
+    from peftlab.models.selection import select_modules
 
     model = T5ForConditionalGeneration(
         T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from peftlab.config import DataArgs
-from peftlab.data import load
+from peftlab.data.sources import load
 from peftlab.errors import DataError
 
 ROWS = [{"text": f"text number {i}", "label": "pos" if i % 3 else "neg"} for i in range(60)]

@@ -59,8 +59,8 @@ def test_predict_merges_an_exact_method_and_predicts_the_same(llama_adapter, cap
     for a, b in zip(merged, kept, strict=True):
         assert a["label"] == b["label"]
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-2)  # bf16 sums
-    from peftlab.inference import Predictor
-    from peftlab.package import open_package
+    from peftlab.adapters.inference import Predictor
+    from peftlab.adapters.package import open_package
 
     assert Predictor(open_package(llama_adapter), merged=True).merged
 
@@ -68,7 +68,7 @@ def test_predict_merges_an_exact_method_and_predicts_the_same(llama_adapter, cap
 def test_predict_matches_the_runs_own_test_evaluation(bert_adapter, sentiment_csv, tmp_path):
     record = json.loads((bert_adapter.parent / "run.json").read_text())
     from peftlab.config import DataArgs
-    from peftlab.data import load
+    from peftlab.data.sources import load
 
     data = load(
         DataArgs(name=str(sentiment_csv), train_samples=0, validation_samples=0, test_samples=0)
@@ -103,7 +103,7 @@ def test_merge_writes_a_model_plain_transformers_loads(llama_adapter, tmp_path, 
 def test_a_wrong_merge_is_refused_and_writes_nothing(llama_adapter, tmp_path, monkeypatch, capsys):
     """The default tolerance lets fp32 rounding through (the test above) but not a merge
     that folded the adapter in wrongly (here: its update applied twice)."""
-    from peftlab import merge as merging
+    from peftlab.adapters import merge as merging
 
     real_merge = merging.merge_method
 
@@ -124,7 +124,7 @@ def test_a_wrong_merge_is_refused_and_writes_nothing(llama_adapter, tmp_path, mo
 def test_merge_tolerance_is_relative_to_the_logits_scale():
     """fp32 rounding on logits around 20 (SmolLM2: 1.06e-4) passes the default 1e-4; a
     merge that is 1% off fails at any scale; small logits are compared absolutely."""
-    from peftlab.merge import difference
+    from peftlab.adapters.merge import difference
 
     logits = 20 * torch.linspace(-1, 1, 50)
     assert difference(logits, logits + 1.06e-4)[2] < 1e-4

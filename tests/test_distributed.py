@@ -11,10 +11,10 @@ import pytest
 import tiny
 import torch
 
-from peftlab import distributed
 from peftlab.cli import main
-from peftlab.train import rank_weight_hashes
-from peftlab.trainable import trainable_sha256
+from peftlab.training import distributed
+from peftlab.training.loop import rank_weight_hashes
+from peftlab.training.trainable import trainable_sha256
 
 
 def test_helpers_in_one_process_need_no_process_group():
@@ -56,8 +56,8 @@ def test_weight_hash_covers_trainable_weights_and_differing_ranks_are_an_error(m
 
 def test_resume_with_another_process_count_is_refused(tmp_path):
     from peftlab.errors import PeftlabError
-    from peftlab.pipeline import check_process_count
-    from peftlab.record import RunRecord
+    from peftlab.runner.pipeline import check_process_count
+    from peftlab.runner.record import RunRecord
 
     record = RunRecord(tmp_path, {"environment": {"num_processes": 2}})
     check_process_count(record, tmp_path)  # no checkpoint: nothing to continue
@@ -163,7 +163,7 @@ def test_accelerate_launch_says_why_it_started_one_process(tiny_llama, tmp_path)
 
 
 def test_a_plain_run_has_no_process_request_to_meet(monkeypatch):
-    from peftlab import distributed
+    from peftlab.training import distributed
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     assert distributed.unmet_process_request() is None

@@ -8,8 +8,8 @@ import json
 import pytest
 import tiny
 
-from peftlab import pipeline as run_module
 from peftlab.cli import main
+from peftlab.runner import pipeline as run_module
 
 QUICK = [
     "--train-samples",
@@ -96,7 +96,7 @@ def test_out_that_is_a_file_or_unwritable_is_refused_before_loading(
     def no_model_load(*args, **kwargs):
         raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr(run_module.models, "load_model", no_model_load)
+    monkeypatch.setattr(run_module.loading, "load_model", no_model_load)
     a_file = tmp_path / "taken"
     a_file.write_text("x")
     assert "is a file" in one_line_error(capsys, argv(tiny_llama, sentiment_csv, a_file))
@@ -224,8 +224,8 @@ def split_folder(folder, train_labels=None, test_labels=None):
 
 
 def test_a_rare_label_is_warned_about_by_row(tmp_path, capsys):
-    from peftlab import data as data_module
     from peftlab.config import DataArgs
+    from peftlab.data import sources as data_module
 
     folder = split_folder(tmp_path / "data", train_labels={7: "x"})
     capsys.readouterr()

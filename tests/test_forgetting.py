@@ -7,7 +7,7 @@ import pytest
 import tiny
 
 from peftlab.cli import main
-from peftlab.forgetting import general_texts
+from peftlab.runner.forgetting import general_texts
 
 TRAIN = ["--epochs", "3", "--lr", "5e-3", "--batch-size", "16", "--precision", "fp32"]
 

@@ -8,11 +8,14 @@ import pytest
 import tiny
 import torch
 
-from peftlab import assets, data, frozen_cache, models
 from peftlab.cli import main
 from peftlab.config import RunConfig
-from peftlab.methods import checked, get_method, resolved
+from peftlab.data import assets, sources
+from peftlab.methods.registry import get_method
+from peftlab.models import loading
+from peftlab.runner.checks import checked, resolved
 from peftlab.tasks.setup import build_task, model_info, padding_side
+from peftlab.training import frozen_cache
 
 
 def attached(model_dir, data_file, task_name: str, layers: list[str] | None):
@@ -24,10 +27,10 @@ def attached(model_dir, data_file, task_name: str, layers: list[str] | None):
     cfg = resolved(checked(cfg))
     source = assets.resolve_model(cfg.model.name)
     info = model_info(source, cfg)
-    dataset = data.load(cfg.data, cfg.task.name)
-    tokenizer = models.load_tokenizer(source, padding_side=padding_side(info))
+    dataset = sources.load(cfg.data, cfg.task.name)
+    tokenizer = loading.load_tokenizer(source, padding_side=padding_side(info))
     task = build_task(cfg, info, dataset, tokenizer)
-    model = models.load_model(source, info, dataset.label_names, tokenizer, False, None)
+    model = loading.load_model(source, info, dataset.label_names, tokenizer, False, None)
     torch.manual_seed(0)
     model = get_method("lora").attach(model, cfg.method, info)
     return model, task, task.encode(dataset.splits["train"])[:24]

@@ -4,8 +4,8 @@ import types
 
 import pytest
 
-from peftlab import threads
-from peftlab.progress import Progress, duration
+from peftlab.training import threads
+from peftlab.training.progress import Progress, duration
 
 
 class Clock:
@@ -127,7 +127,7 @@ def test_the_thread_count_gives_way_to_other_busy_processes_and_comes_back():
 def test_evaluation_batches_give_way_to_other_busy_processes(monkeypatch):
     import torch
 
-    from peftlab.evaluate import map_batches
+    from peftlab.training.evaluate import map_batches
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from builds import Built
 
-from peftlab.prefix_init import init_tokens
+from peftlab.methods.prefix_init import init_tokens
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma"])

@@ -6,8 +6,8 @@ import json
 import tiny
 
 from peftlab.cli import main
-from peftlab.compare_report import summary
-from peftlab.leaderboard import leaderboard
+from peftlab.comparison.compare_report import summary
+from peftlab.comparison.leaderboard import leaderboard
 
 TEST_LABELS = [62, 38]  # majority label: 0.62
 

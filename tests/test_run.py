@@ -100,7 +100,7 @@ def test_plots_are_titled_with_method_model_data_and_size(
 ):
     """Read back through matplotlib's own objects: titles, labelled axes, integer step
     ticks, validation points on the loss curve, legends outside the axes."""
-    from peftlab import report
+    from peftlab.runner import report
 
     record = run_cli(tiny_llama, sentiment_csv, tmp_path / "run", "--validations", "2")
     drawn = {}
@@ -147,7 +147,7 @@ def test_encoder_linear_head_adapter_loads_in_plain_peft(tiny_bert, sentiment_cs
 
     # The classification head travels with the adapter: plain peft reproduces the test score.
     from peftlab.config import DataArgs
-    from peftlab.data import load
+    from peftlab.data.sources import load
 
     test = load(
         DataArgs(name=str(sentiment_csv), train_samples=0, validation_samples=0, test_samples=0)

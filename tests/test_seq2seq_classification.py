@@ -9,9 +9,9 @@ import pytest
 import tiny
 from conftest import SERVE_TRAIN
 
+from peftlab.adapters.inference import Predictor
+from peftlab.adapters.package import open_package
 from peftlab.cli import main
-from peftlab.inference import Predictor
-from peftlab.package import open_package
 
 TRAIN = ["--head", "linear", "--precision", "fp32", *SERVE_TRAIN]
 

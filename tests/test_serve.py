@@ -11,8 +11,8 @@ import pytest
 import tiny
 from conftest import SERVE_TOKEN as TOKEN
 
-from peftlab.inference import Predictor
-from peftlab.package import open_package
+from peftlab.adapters.inference import Predictor
+from peftlab.adapters.package import open_package
 from peftlab.serving.batcher import Batcher, Job, QueueFull
 
 

@@ -155,9 +155,9 @@ def test_ia3_adapters_decode_side_by_side_like_offline_predict(tiny_llama, tmp_p
     import tiny
     from conftest import SERVE_TRAIN
 
+    from peftlab.adapters.inference import Predictor
+    from peftlab.adapters.package import open_package
     from peftlab.cli import main
-    from peftlab.inference import Predictor
-    from peftlab.package import open_package
 
     data = tiny.write_csv(tmp_path / "sum.csv", tiny.summary_rows(160))
     argv = ["run", "--model", str(tiny_llama), "--dataset", str(data), "--task", "summarization"]

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import SERVE_TOKEN as TOKEN
 
-from peftlab.inference import Predictor
-from peftlab.package import open_package
+from peftlab.adapters.inference import Predictor
+from peftlab.adapters.package import open_package
 
 
 @pytest.fixture(scope="module")

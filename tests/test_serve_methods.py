@@ -9,9 +9,9 @@ import pytest
 import tiny
 from conftest import SERVE_TRAIN
 
+from peftlab.adapters.inference import Predictor
+from peftlab.adapters.package import open_package
 from peftlab.errors import PeftlabError
-from peftlab.inference import Predictor
-from peftlab.package import open_package
 from peftlab.serving import start
 
 # name -> (method, task): label words for classification, summaries for generation.

@@ -7,9 +7,9 @@ import tiny
 import torch
 from torch import nn
 
-from peftlab import precision
 from peftlab.cli import main
-from peftlab.fast_dropout import FastDropout, use_fast_dropout
+from peftlab.training import precision
+from peftlab.training.fast_dropout import FastDropout, use_fast_dropout
 
 
 def test_fast_dropout_has_torch_dropouts_distribution():
@@ -90,7 +90,7 @@ def test_a_lone_final_validation_is_skipped(tiny_llama, sentiment_csv, tmp_path,
 
 
 def test_bf16_frozen_weights_are_copies_put_back_untouched():
-    from peftlab.precision import bf16_frozen_weights
+    from peftlab.training.precision import bf16_frozen_weights
 
     model = nn.Module()
     model.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])

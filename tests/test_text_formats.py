@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from peftlab.config import DataArgs
-from peftlab.data import load
-from peftlab.evaluate import map_batches
+from peftlab.data.sources import load
 from peftlab.tasks.generation import rouge
 from peftlab.tasks.text_formats import IGNORE, DecoderLayout
+from peftlab.training.evaluate import map_batches
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_a_failed_run_is_marked_failed_and_its_resume_goes_on_in_the_same_run(
 ):
     from mlflow import MlflowClient
 
-    from peftlab import pipeline as runs
+    from peftlab.runner import pipeline as runs
 
     real_train = runs.train
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import tiny
 
-from peftlab import tuning
 from peftlab.cli import main
-from peftlab.methods import METHODS
+from peftlab.comparison import tuning
+from peftlab.methods.registry import METHODS
 
 
 def test_tune_searches_each_method_on_validation_then_runs_the_best_over_seeds(
@@ -85,7 +85,7 @@ def test_bad_tuning_requests_are_one_line(
 def test_pruner_stops_a_trial_behind_the_startup_trials_at_a_rung():
     import optuna
 
-    from peftlab.study import make_pruner
+    from peftlab.comparison.study import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner())
     verdicts = []
@@ -109,7 +109,7 @@ def test_pruner_stops_a_trial_behind_the_startup_trials_at_a_rung():
 def test_a_default_outside_its_range_widens_the_range_it_is_searched_and_reported_in():
     from types import SimpleNamespace
 
-    from peftlab.comparison import Tuning, plan_search, searched_ranges
+    from peftlab.comparison.compare import Tuning, plan_search, searched_ranges
     from peftlab.config import RunConfig
 
     cfg = RunConfig()
@@ -126,7 +126,7 @@ def test_a_default_outside_its_range_widens_the_range_it_is_searched_and_reporte
 def test_comparison_plots_say_what_they_show(tuned_comparison, tiny_llama, monkeypatch):
     """Every plot of a comparison is titled with the model, data, sizes and seeds, its
     axes labelled, its legend outside the axes (covering no point)."""
-    from peftlab import compare_report
+    from peftlab.comparison import compare_report
 
     out = tuned_comparison
     board = json.loads((out / "compare.json").read_text())

@@ -95,8 +95,8 @@ def postgres_url():
 def test_a_worker_beats_as_often_as_its_comparison_asks(tmp_path):
     """A worker started without --heartbeat (30 s) joins a comparison that judges runs
     dead after 4 x 5 s: it must beat every 5 s, or its live runs are run twice."""
-    from peftlab import study as studies
-    from peftlab.comparison import Execution, open_to_join
+    from peftlab.comparison import study as studies
+    from peftlab.comparison.compare import Execution, open_to_join
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     studies.create_study(studies.open_storage(url, 5.0), "peftlab-compare-x", 5.0)

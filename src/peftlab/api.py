@@ -57,14 +57,14 @@ def build(config: RunConfig | dict | str | Path | None = None, **fields) -> RunC
             fix = f"did you mean {', '.join(close)}?" if close else "see `peftlab run --help`"
             raise ConfigError(key, value, f"no such setting; {fix}")
         set_path(cfg, names[key], value, key)
-    from peftlab.methods import checked
+    from peftlab.runner.checks import checked
 
     return checked(cfg)
 
 
 def run(config: RunConfig | dict | str | Path | None = None, **fields) -> dict:
     """Fine-tune and evaluate, as `peftlab run`; returns the run's record (run.json)."""
-    from peftlab.pipeline import run as run_one
+    from peftlab.runner.pipeline import run as run_one
 
     return dict(run_one(build(config, **fields)))
 
@@ -83,8 +83,8 @@ def compare(
     """Compare methods over seeds, as `peftlab compare`; returns the board (compare.json).
     `out` (a setting like the others) is the comparison's folder; `run_dirs`: finished
     runs to put on the same board (alone, they are compared without running anything)."""
-    from peftlab.comparison import compare as compare_runs
-    from peftlab.comparison import comparison_dir, execution_of, tuning_of
+    from peftlab.comparison.compare import compare as compare_runs
+    from peftlab.comparison.compare import comparison_dir, execution_of, tuning_of
     from peftlab.errors import PeftlabError
 
     base = build(config, **fields)
@@ -123,8 +123,8 @@ def load_adapter(
 ) -> Adapter:
     """An adapter folder (a run's `adapter/`) on its base model, as `peftlab predict`
     loads it: merged into the base where that is exact."""
-    from peftlab.inference import Predictor
-    from peftlab.package import open_package
+    from peftlab.adapters.inference import Predictor
+    from peftlab.adapters.package import open_package
 
     package = open_package(str(path), allow_pickle, base=base)
     return Adapter(Predictor(package, base=base, allow_pickle=allow_pickle, merged=merged))
@@ -132,6 +132,6 @@ def load_adapter(
 
 def list_methods() -> list[str]:
     """The method names `method=` takes."""
-    from peftlab.methods import METHODS
+    from peftlab.methods.registry import METHODS
 
     return list(METHODS)

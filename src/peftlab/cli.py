@@ -17,6 +17,7 @@ import warnings
 
 from peftlab import __version__
 from peftlab.config import (
+    PRECISIONS,
     SECTIONS,
     RunConfig,
     apply_mapping,
@@ -30,7 +31,6 @@ from peftlab.config import (
     set_path,
 )
 from peftlab.errors import PeftlabError
-from peftlab.precision import CHOICES as PRECISIONS
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     for path, value in vars(args).items():
         if path in flags:  # not --config, --resume, the command
             set_path(cfg, path, value, flags[path])
-    from peftlab.methods import checked  # torch: only once a run is asked for
+    from peftlab.runner.checks import checked
 
     return checked(cfg)
 
@@ -73,9 +73,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peftlab.distributed import is_main
-    from peftlab.pipeline import resume, run
-    from peftlab.report import before_after_table
+    from peftlab.runner.pipeline import resume, run
+    from peftlab.runner.report import before_after_table
+    from peftlab.training.distributed import is_main
 
     if args.resume:
         given = [k for k in vars(args) if "." in k or k in ("out", "name")]
@@ -101,7 +101,7 @@ def flag(name: str) -> str:
 
 
 def trial_reporter(given: str):
-    from peftlab.study import TrialReporter
+    from peftlab.comparison.study import TrialReporter
 
     try:
         where = json.loads(given)
@@ -116,8 +116,8 @@ def trial_reporter(given: str):
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peftlab.compare_report import markdown_table, summary
-    from peftlab.comparison import compare, comparison_dir, execution_of, join, tuning_of
+    from peftlab.comparison.compare import compare, comparison_dir, execution_of, join, tuning_of
+    from peftlab.comparison.compare_report import markdown_table, summary
 
     execution = execution_of(args.storage, args.jobs, args.study, args.heartbeat, flag)
     if args.worker:
@@ -149,9 +149,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from peftlab.adapters.inference import Predictor, read_inputs
+    from peftlab.adapters.package import open_package
     from peftlab.fsutil import write_text_atomic
-    from peftlab.inference import Predictor, read_inputs
-    from peftlab.package import open_package
 
     package = open_package(args.adapter, args.allow_pickle, base=args.base)
     inputs = list(args.texts)
@@ -185,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peftlab.merge import merge
+    from peftlab.adapters.merge import merge
 
     result = merge(Path(args.adapter), Path(args.out), args.base, args.tolerance)
     print(
@@ -236,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from peftlab.assets import BUILTIN_MODELS, PINS
+    from peftlab.data.assets import BUILTIN_MODELS, PINS
 
     for model in BUILTIN_MODELS.values():
         print(f"{model.name:14s} {model.description}  [{model.package}=={PINS[model.package]}]")
@@ -245,7 +245,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from peftlab.assets import BUILTIN_DATASETS, PINS
+    from peftlab.data.assets import BUILTIN_DATASETS, PINS
 
     for ds in BUILTIN_DATASETS.values():
         print(f"{ds.name:16s} {ds.description}  [{ds.package}=={PINS[ds.package]}]")
@@ -255,10 +255,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from peftlab.methods import METHODS
+    from peftlab.methods.registry import METHODS
 
     if args.spaces:
-        from peftlab.tuning import FIELDS, space
+        from peftlab.comparison.tuning import FIELDS, space
 
         for method in METHODS:
             for name, r in space(method, list(FIELDS)).items():
@@ -559,7 +559,7 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peftlab.child import bind_to_parent
+    from peftlab.comparison.child import bind_to_parent
 
     bind_to_parent()  # a comparison's child run dies with its worker
     args = build_parser().parse_args(argv)

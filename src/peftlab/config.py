@@ -3,9 +3,9 @@
 Defaults live here; a YAML file overrides them; command-line flags override the YAML.
 Every field carries its help text (it becomes `peftlab run --help`) and its flag name.
 `RunConfig.validate()` runs once, right after merging, and rejects bad values with the
-field, the value and the fix. What depends on the method registry (a known method, its
-default learning rate) is checked and filled in by `methods.checked` / `methods.resolved`:
-this module imports no other stage.
+field, the value and the fix. What depends on later stages (a known method, its default
+learning rate, the installed trackers, this machine's precision) is checked and filled in
+by `runner/checks.py`: this module imports no other stage.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from typing import Any
 import yaml
 
 from peftlab.errors import ConfigError
-from peftlab.precision import CHOICES as PRECISIONS
+
+PRECISIONS = ("auto", "fp32", "bf16")  # training/precision.py resolves "auto"
 
 
 def arg(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
@@ -306,14 +308,11 @@ class RunConfig:
 
     def resolved(self, default_lr: float | None = None) -> RunConfig:
         """A copy with the defaults that depend on other settings filled in (what run.json
-        records): the method's learning rate (methods.resolved passes it), the precision
-        "auto" picks on this machine, the task's sample counts."""
-        from peftlab import precision
-
+        records): the method's learning rate (runner/checks.resolved passes it, with the
+        precision "auto" picks on this machine) and the task's sample counts."""
         cfg = copy.deepcopy(self)
         if cfg.train.lr is None:
             cfg.train.lr = default_lr
-        cfg.train.precision = precision.resolve(cfg.train.precision)
         defaults = SAMPLE_DEFAULTS[cfg.task.name]
         for name, default in zip(SAMPLE_FIELDS, defaults, strict=True):
             if getattr(cfg.data, name) is None:
@@ -333,8 +332,6 @@ class RunConfig:
             if choices and value not in choices:
                 raise ConfigError(field_path(self, section, name), value, f"use one of {choices}")
         t, d, m = self.train, self.data, self.method
-        from peftlab.selection import parse_layers
-
         parse_layers(m.layers)
         _positive(self, t, "batch_size", "eval_batch_size", "grad_accum")
         if t.lr is not None:
@@ -373,10 +370,6 @@ class RunConfig:
             raise ConfigError("data.template", d.template, "include a {text} slot")
         if d.labels is not None and len(set(d.labels)) != len(d.labels):
             raise ConfigError("data.labels", d.labels, "give each label once")
-        if self.track.report_to:
-            from peftlab.tracking import check_trackers
-
-            check_trackers(self.track.report_to)
         return self
 
 
@@ -539,3 +532,17 @@ def from_dict(data: dict) -> RunConfig:
     cfg = RunConfig()
     apply_mapping(cfg, data, "run.json config")
     return cfg
+
+
+def parse_layers(spec: list[str] | None) -> set[int] | None:
+    """["0-3", "10"] -> {0, 1, 2, 3, 10}; None means every layer."""
+    if not spec:
+        return None
+    layers: set[int] = set()
+    for item in spec:
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(item))
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise ConfigError("method.layers", spec, "use indices and ranges like 0-3,10")
+        first = int(match.group(1))
+        layers.update(range(first, int(match.group(2) or first) + 1))
+    return layers

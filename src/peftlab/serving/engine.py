@@ -18,19 +18,20 @@ from dataclasses import dataclass
 
 import torch
 
-from peftlab import assets, models
+from peftlab.adapters.package import AdapterPackage, check_base, open_package
+from peftlab.adapters.peft_folders import check_fits
+from peftlab.data import assets
 from peftlab.errors import AdapterError, PeftlabError
-from peftlab.package import AdapterPackage, check_base, open_package
-from peftlab.peft_folders import check_fits
-from peftlab.precision import autocast
-from peftlab.precision import resolve as resolve_precision
+from peftlab.methods.virtual_positions import left_positions
+from peftlab.models import loading
 from peftlab.serving.families import Families
 from peftlab.serving.prompts import VirtualTokens, load_virtual_tokens
 from peftlab.tasks.classification import ClassificationTask, label_probabilities
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.tasks.text_formats import cut_at_eos, generate_tokens, pad
-from peftlab.virtual_positions import left_positions
+from peftlab.training.precision import autocast
+from peftlab.training.precision import resolve as resolve_precision
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -100,12 +101,12 @@ class Engine:
         # switched per row like LoRA): the base is built with heads of their size.
         linear = self.info.head == "linear"
         self.labels = (first.manifest.get("label_names") or []) if linear else []
-        self.tokenizer = models.load_tokenizer(self.source, padding_side(self.info))
+        self.tokenizer = loading.load_tokenizer(self.source, padding_side(self.info))
         self.counter = copy.deepcopy(self.tokenizer)
         self.count_lock = threading.Lock()
-        self.base = models.load_model(
+        self.base = loading.load_model(
             self.source, self.info, self.labels, self.tokenizer, allow_pickle, None
-        ).to(models.default_device())
+        ).to(loading.default_device())
         self.base.eval()
         self.families = Families(self.base)
         self.slots: dict[str, Slot] = {}

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from peftlab.adapters.peft_folders import PROMPT_KEY, read_peft_config
 from peftlab.errors import AdapterError
 from peftlab.failure import first_line
-from peftlab.peft_folders import PROMPT_KEY, read_peft_config
-from peftlab.virtual_positions import left_positions, with_virtual_tokens
+from peftlab.methods.virtual_positions import left_positions, with_virtual_tokens
 
 PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 

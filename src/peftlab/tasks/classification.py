@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from peftlab.data import Example
+from peftlab.data.sources import Example
 from peftlab.errors import ConfigError
-from peftlab.evaluate import map_batches
+from peftlab.methods.virtual_positions import decoder_forward
 from peftlab.tasks.text_formats import PAD_MULTIPLE
-from peftlab.virtual_positions import decoder_forward
+from peftlab.training.evaluate import map_batches
 
 # peft warns on every batch when a prompt-learning model is given position ids; peftlab's
-# own decoder calls go around peft's forward there (virtual_positions.py), but a caller's
+# own decoder calls go around peft's forward there (methods/virtual_positions.py), but a caller's
 # direct use of peft's forward would still warn per batch.
 warnings.filterwarnings("ignore", message="Position ids are not supported")
 

@@ -13,10 +13,10 @@ import math
 import torch
 
 from peftlab.config import TaskArgs
-from peftlab.data import Example
+from peftlab.data.sources import Example
 from peftlab.errors import ConfigError
-from peftlab.evaluate import map_batches
 from peftlab.tasks.text_formats import DecoderLayout, Seq2SeqLayout, TextItem, target_tokens
+from peftlab.training.evaluate import map_batches
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 PLAIN_PROMPT_WORDS = 12  # plain-text causal_lm: generations continue the first words

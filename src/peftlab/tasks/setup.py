@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from peftlab import models
-from peftlab.assets import ModelSource
 from peftlab.config import RunConfig
-from peftlab.data import TaskData
+from peftlab.data.assets import ModelSource
+from peftlab.data.sources import TaskData
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.models import loading
 from peftlab.tasks.classification import ClassificationTask, LabelWordHead, LinearHead
 from peftlab.tasks.decoder_label_words import DecoderLabelWordHead
 from peftlab.tasks.generation import GenerationTask
 from peftlab.tasks.text_formats import DecoderLayout, Seq2SeqLayout
 
 
-def model_info(source: ModelSource, cfg: RunConfig) -> models.ModelInfo:
-    config = models.load_config(source)
-    kind = models.model_kind(config)
+def model_info(source: ModelSource, cfg: RunConfig) -> loading.ModelInfo:
+    config = loading.load_config(source)
+    kind = loading.model_kind(config)
     task = cfg.task.name
     if task == "classification":
-        head = models.resolve_head(cfg.model.head, kind, cfg.model.name)
+        head = loading.resolve_head(cfg.model.head, kind, cfg.model.name)
     else:
         if kind == "encoder":
             raise PeftlabError(
@@ -30,7 +30,7 @@ def model_info(source: ModelSource, cfg: RunConfig) -> models.ModelInfo:
         head = "lm"
     check_positions(config, cfg, kind)
     start = getattr(config, "decoder_start_token_id", None)  # seq2seq: where decoding starts
-    return models.ModelInfo(
+    return loading.ModelInfo(
         kind=kind,
         model_type=config.model_type,
         head=head,
@@ -47,7 +47,7 @@ def check_positions(config, cfg: RunConfig, kind: str) -> None:
     """Refuse inputs longer than the model's table of learned positions (GPT-2, BERT,
     BART: longer inputs index past it). Rotary (Llama, Gemma) and relative (T5)
     positions have no table to run out of."""
-    from peftlab.architecture import text_config
+    from peftlab.models.architecture import text_config
 
     text = text_config(config)
     positions = getattr(text, "max_position_embeddings", None)
@@ -72,13 +72,13 @@ def check_positions(config, cfg: RunConfig, kind: str) -> None:
         )
 
 
-def padding_side(info: models.ModelInfo) -> str:
+def padding_side(info: loading.ModelInfo) -> str:
     if info.kind == "causal_lm" and info.head in ("label_words", "lm"):
         return "left"  # the scored or continued position is the last one in every row
     return "right"
 
 
-def build_task(cfg: RunConfig, info: models.ModelInfo, dataset: TaskData, tokenizer):
+def build_task(cfg: RunConfig, info: loading.ModelInfo, dataset: TaskData, tokenizer):
     if cfg.task.name == "classification":
         return classification_task(cfg, info, dataset, tokenizer)
     return generation_task(cfg, info, dataset, tokenizer)
@@ -130,7 +130,7 @@ def generation_task(cfg, info, dataset: TaskData, tokenizer) -> GenerationTask:
     )
 
 
-def default_template(task: str, info: models.ModelInfo) -> str:
+def default_template(task: str, info: loading.ModelInfo) -> str:
     if info.kind == "seq2seq":
         # T5 was pre-trained with task prefixes; BART and others take the text as it is.
         return (

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from peftlab.virtual_positions import decoder_forward, decoder_generate
+from peftlab.methods.virtual_positions import decoder_forward, decoder_generate
 
 IGNORE = -100  # label value that the loss skips
 

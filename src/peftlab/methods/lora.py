@@ -1,0 +1,74 @@
+"""The LoRA family: LoRA (Hu et al. 2021), DoRA (Liu et al. 2024) and QLoRA (Dettmers et
+al. 2023), all through peft's LoraConfig on the modules `targets` selects."""
+
+from __future__ import annotations
+
+import torch
+
+from peftlab.config import MethodArgs
+from peftlab.methods.common import fan_in_fan_out, peft_method, peft_task_type, targets, wrap_peft
+from peftlab.models.loading import ModelInfo
+
+
+def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
+    from peft import LoraConfig
+
+    names = targets(model, args)
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=names,
+        fan_in_fan_out=fan_in_fan_out(model, names),
+        task_type=peft_task_type(info),
+        **extra,
+    )
+
+
+def attach_lora(model, args: MethodArgs, info: ModelInfo):
+    return wrap_peft(model, lora_config(model, args, info), info)
+
+
+def attach_dora(model, args: MethodArgs, info: ModelInfo):
+    return wrap_peft(model, lora_config(model, args, info, use_dora=True), info)
+
+
+# Heads stay in full precision: they are new (trained and saved whole) or tied.
+UNQUANTIZED = ["classifier", "score", "classification_head", "lm_head"]
+
+
+def qlora_load_kwargs(args: MethodArgs) -> dict:
+    from transformers import BitsAndBytesConfig
+
+    if args.quant_bits == 8:
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED)
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=UNQUANTIZED,
+        )
+    return {"quantization_config": config}
+
+
+def attach_qlora(model, args: MethodArgs, info: ModelInfo):
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return wrap_peft(model, lora_config(model, args, info), info)
+
+
+METHODS = [
+    peft_method("lora", "LoRA: low-rank updates to linear layers (Hu et al. 2021)", attach_lora),
+    peft_method(
+        "dora", "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)", attach_dora
+    ),
+    peft_method(
+        "qlora",
+        "QLoRA: LoRA on a 4-bit NF4 (or 8-bit) quantized base (Dettmers et al. 2023)",
+        attach_qlora,
+        load_kwargs=qlora_load_kwargs,
+        merge="merging into a quantized base re-rounds the weights and changes outputs",
+    ),
+]

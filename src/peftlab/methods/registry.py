@@ -1,0 +1,43 @@
+"""The method registry: name -> a small config plus a function that attaches it.
+
+Every entry in METHODS is usable as `--method NAME`, listed by `peftlab methods`, and
+checked by the shared contract suite (tests/test_contract.py): trainable parameters are
+what the method owns, base weights never change in place (except under `full`),
+save -> reload reproduces outputs, disabling gives the base model back, and merging is
+exact where the method is mergeable and refused with a reason where it is not.
+
+Two kinds of method: LoRA-style ones change layers (lora, dora, qlora, ia3, adapter,
+bitfit); prompt-style ones change inputs (prefix, prompt, ptuning). peft implements most;
+the bottleneck adapter and BitFit are ours. Each family is one module of this package
+with its own METHODS list: a new method is a new module plus its line in FAMILIES.
+"""
+
+from __future__ import annotations
+
+from peftlab.config import RunConfig
+from peftlab.errors import ConfigError
+from peftlab.methods import bitfit, bottleneck, full, ia3, lora, prompt_style
+from peftlab.methods.common import Method
+
+FAMILIES = (lora, ia3, prompt_style, bottleneck, bitfit, full)
+
+METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError("method.name", name, f"use one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def check_method_args(cfg: RunConfig) -> None:
+    """A known method, and layer selection only for the methods that work layer by layer."""
+    m = cfg.method
+    selective = m.target_modules or m.layers or m.side != "both"
+    if not get_method(m.name).layer_selective and selective:
+        raise ConfigError(
+            "method.name",
+            m.name,
+            f"{m.name} does not take --target-modules, --layers or --side; drop them or "
+            "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
+        )
