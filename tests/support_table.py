@@ -34,29 +34,38 @@ def outcome(model_dir: Path, data_file: Path, method: str, task: str, head: str)
     return None
 
 
+def case_label(arch: str, task: str, head: str) -> str:
+    return f"{NAMES[arch]} {'cls' if task == 'classification' else 'sum'}" + (
+        " linear" if head == "linear" else ""
+    )
+
+
 def generate(folder: Path) -> str:
+    """Methods as rows, architectures (with their task) as columns; each refusal's
+    message once, with the cases it holds for."""
     data_files = {
         "classification": tiny.write_csv(folder / "sentiment.csv", tiny.sentiment_rows(40)),
         "summarization": tiny.write_csv(folder / "summaries.csv", tiny.summary_rows(40)),
     }
-    models = {}
-    rows, notes = [], []
-    for arch, task, head in sorted(CASES, key=lambda c: list(NAMES).index(c[0])):
+    models, results = {}, {}
+    cases = sorted(CASES, key=lambda c: list(NAMES).index(c[0]))
+    for arch, task, head in cases:
         if arch not in models:
             models[arch] = tiny.make_model(folder / arch, arch)
-        results = {m: outcome(models[arch], data_files[task], m, task, head) for m in METHODS}
-        # Messages name the model as given: here a temporary folder, shown as the arch.
-        results = {m: r and r.replace(str(models[arch]), arch) for m, r in results.items()}
-        label = f"{NAMES[arch]} ({task}{', linear head' if head == 'linear' else ''})"
-        rows.append([label] + ["yes" if r is None else "refused" for r in results.values()])
-        refusals = {r for r in results.values() if r is not None}
-        if len(refusals) == 1 and all(results.values()):
-            notes.append(f"- {label}, every method: {refusals.pop()}")
-            continue
-        notes += [f"- {label}, {m}: {r}" for m, r in results.items() if r is not None]
-    header = ["architecture (task)", *METHODS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+        for m in METHODS:
+            r = outcome(models[arch], data_files[task], m, task, head)
+            # Messages name the model as given: here a temporary folder, shown as the arch.
+            results[m, case_label(arch, task, head)] = r and r.replace(str(models[arch]), arch)
+    labels = [case_label(*c) for c in cases]
+    lines = ["| method | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    for m in METHODS:
+        marks = ["yes" if results[m, label] is None else "refused" for label in labels]
+        lines.append(f"| {m} | " + " | ".join(marks) + " |")
+    refusals: dict[tuple[str, str], list[str]] = {}
+    for (m, label), r in results.items():
+        if r is not None:
+            refusals.setdefault((m, r), []).append(label)
+    notes = [f"- {m} on {', '.join(where)}: {r}" for (m, r), where in refusals.items()]
     return "\n".join(lines) + "\n\nRefused, with the message a user sees:\n\n" + "\n".join(notes)
 
 

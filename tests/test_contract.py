@@ -23,7 +23,10 @@ from peftlab.methods.switching import base_model, merge_method
 
 # Pairs the method must refuse up front: these architectures have no bias terms, and
 # DistilBERT takes no key/value cache for prefixes.
-REFUSED = {("bitfit", arch): "no bias terms" for arch in ("llama", "gemma", "t5")}
+BIAS_ONLY = ("bitfit", "beft")
+REFUSED = {(name, arch): "no bias terms" for arch in ("llama", "gemma", "t5") for name in BIAS_ONLY}
+for _name in ("loha", "lokr", "oft", "boft", "hra", "c3a", "miss", "shira", "beft"):
+    REFUSED[_name, "gpt2"] = "Conv1D.* is not supported|Conv1D'> not supported"  # peft's words
 REFUSED["prefix", "distilbert"] = "past_key_values"
 for _arch in ("t5", "bart"):  # their ForSequenceClassification takes no virtual tokens
     for _name in ("prefix", "prompt", "ptuning"):
@@ -159,8 +162,10 @@ def test_registry_matches_cli_and_readme(capsys):
     from peftlab.cli import main
 
     main(["methods"])
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.split("\n\n")[0].splitlines()]
     assert listed == list(METHODS)
+    assert "peft tuners that are not methods here" in out and "adalora:" in out
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in METHODS:
         assert f"`{name}`" in readme, name

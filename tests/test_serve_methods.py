@@ -1,6 +1,7 @@
-"""Every servable method on one server: LoRA, DoRA, IA3, prompt tuning, P-tuning, prefix
-tuning and a plain peft folder (no manifest) resident on one tiny llama, asked at once
-from many threads with the real openai client, each answering as offline `predict`."""
+"""Every kind of servable method on one server: LoRA, DoRA, IA3, peft's other tuners
+(LoHa, VeRA, OFT, LN tuning: one PeftModel per tuner type), prompt tuning, P-tuning,
+prefix tuning and a plain peft folder (no manifest) resident on one tiny llama, asked at
+once from many threads with the real openai client, each answering as offline `predict`."""
 
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,10 @@ SERVED = {
     "ptuning-sum": ("ptuning", "summarization"),
     "prefix-sum": ("prefix", "summarization"),
     "prefix-sent": ("prefix", "classification"),
+    "loha-sent": ("loha", "classification"),
+    "vera-sum": ("vera", "summarization"),
+    "oft-sent": ("oft", "classification"),
+    "ln-tuning-sum": ("ln_tuning", "summarization"),
 }
 
 

@@ -266,7 +266,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 print(f"{method:10s} {name:18s} {r.describe()}{source}")
         return 0
     for method in METHODS.values():
-        print(f"{method.name:10s} {method.description} [lr {method.default_lr:g}]")
+        merge = "merges" if not method.merge else "no merge"
+        print(
+            f"{method.name:10s} {method.family:13.13s} {merge:8s} lr {method.default_lr:<7g} "
+            f"{method.description}"
+        )
+    from peftlab.methods.peft_tuners import NOT_REGISTERED
+
+    print("\npeft tuners that are not methods here, and why:")
+    for names, why in NOT_REGISTERED.items():
+        print(f"  {names}: {why}")
     return 0
 
 

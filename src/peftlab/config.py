@@ -203,6 +203,12 @@ class MethodArgs:
         "only (pfeiffer).",
         choices=("houlsby", "pfeiffer"),
     )
+    peft_options: list[str] | None = arg(
+        None,
+        "The other peft tuners (loha, lokr, vera, oft, ...): fields of peft's config class "
+        "as KEY=VALUE, comma-separated (e.g. r=4,alpha=8); default: the values `peftlab "
+        "methods` lists for small models.",
+    )
 
 
 @dataclass

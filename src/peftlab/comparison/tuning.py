@@ -141,8 +141,19 @@ def space(method: str, fields: list[str]) -> dict[str, Range]:
     for name in fields:
         _, shared, users = FIELDS[name]
         if users is None or method in users:
-            ranges[name] = shared or LEARNING_RATES[method]
+            ranges[name] = shared or learning_rates(method)
     return ranges
+
+
+def learning_rates(method: str) -> Range:
+    """The method's range above, or for the other peft tuners one decade either side of
+    the default rate its registry entry gives (no published range for small models)."""
+    if method in LEARNING_RATES:
+        return LEARNING_RATES[method]
+    from peftlab.methods.registry import get_method
+
+    rate = get_method(method).default_lr
+    return Range(rate / 10, rate * 10, source="the method's default rate, a decade either side")
 
 
 def latin_hypercube(ranges: dict[str, Range], trials: int, seed: int) -> list[dict]:

@@ -77,5 +77,6 @@ METHODS = [
         "native",
         default_lr=5e-3,
         owns=is_bias_delta_param,
+        family="bias",
     ),
 ]

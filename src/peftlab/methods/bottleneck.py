@@ -120,5 +120,6 @@ METHODS = [
         default_lr=1e-3,
         merge="a bottleneck adapter is nonlinear (GELU); it cannot fold into a weight",
         owns=is_adapter_param,
+        family="adapter",
     ),
 ]

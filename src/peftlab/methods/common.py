@@ -27,6 +27,7 @@ class Method:
     load_kwargs: Callable | None = None  # extra from_pretrained kwargs (quantized bases)
     layer_selective: bool = True
     default_lr: float = 5e-4
+    family: str = "low-rank"  # what kind of change it makes: `peftlab methods` groups by it
 
 
 PEFT_NAMES = ("lora_", "ia3_", "prompt_encoder", "modules_to_save", "prefix_encoder")

@@ -30,5 +30,6 @@ METHODS = [
         default_lr=5e-5,
         layer_selective=False,
         merge="full fine-tuning already produces a whole model; nothing to merge",
+        family="full",
     ),
 ]

@@ -64,5 +64,6 @@ METHODS = [
         "IA3: learned rescaling of keys, values and feed-forward activations (Liu et al. 2022)",
         attach_ia3,
         default_lr=5e-3,
+        family="scaling",
     ),
 ]

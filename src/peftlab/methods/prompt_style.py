@@ -20,7 +20,13 @@ PROMPT_STYLE = "prompt-style methods add virtual tokens to the input; no weight 
 def prompt_method(name: str, description: str, attach: Callable, default_lr: float) -> Method:
     """Prompt-style: changes inputs, not layers, so no layer selection and no merge."""
     return peft_method(
-        name, description, attach, default_lr=default_lr, merge=PROMPT_STYLE, layer_selective=False
+        name,
+        description,
+        attach,
+        default_lr=default_lr,
+        merge=PROMPT_STYLE,
+        layer_selective=False,
+        family="prompt-style",
     )
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from peftlab.config import RunConfig
 from peftlab.errors import ConfigError
-from peftlab.methods import bitfit, bottleneck, full, ia3, lora, prompt_style
+from peftlab.methods import bitfit, bottleneck, full, ia3, lora, peft_tuners, prompt_style
 from peftlab.methods.common import Method
 
-FAMILIES = (lora, ia3, prompt_style, bottleneck, bitfit, full)
+FAMILIES = (lora, ia3, prompt_style, peft_tuners, bottleneck, bitfit, full)
 
 METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
 

@@ -27,6 +27,12 @@ def linear_types() -> tuple[type, ...]:
     return (nn.Linear, Conv1D)
 
 
+def norm_types(model) -> tuple[type, ...]:
+    """The model's normalization layer classes (LayerNorm, RMSNorm, T5LayerNorm, ...): each
+    family names its own, so they are read from the class names."""
+    return tuple({type(m) for m in model.modules() if type(m).__name__.endswith("Norm")})
+
+
 def is_transposed(module) -> bool:
     """Conv1D stores its weight as (in, out): peft's `fan_in_fan_out`."""
     from transformers.pytorch_utils import Conv1D

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from peftlab.adapters.package import AdapterPackage, check_base, open_package
-from peftlab.adapters.peft_folders import check_fits
+from peftlab.adapters.peft_folders import check_fits, read_peft_config
 from peftlab.data import assets
 from peftlab.errors import AdapterError, PeftlabError
+from peftlab.methods.registry import METHODS
 from peftlab.methods.virtual_positions import left_positions
 from peftlab.models import loading
 from peftlab.serving.families import Families
@@ -37,8 +38,17 @@ BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PAD_SLACK = 1.25  # a forward pass may hold at most this many token slots per real token
 MIXABLE = {"LORA"}  # peft types whose layers take adapter_names (not with DoRA)
-LAYER_METHODS = ("lora", "dora", "ia3")
 PROMPT_METHODS = ("prompt", "ptuning", "prefix")
+
+
+def layer_methods() -> list[str]:
+    """The methods served as peft layers on the shared base: every peft method but the
+    prompt-style ones and those that need their own quantized base (QLoRA)."""
+    return [
+        name
+        for name, method in METHODS.items()
+        if method.kind == "peft" and name not in PROMPT_METHODS and method.load_kwargs is None
+    ]
 
 
 class ServeError(PeftlabError):
@@ -64,8 +74,8 @@ class Slot:
 
 
 def tuner_type(package: AdapterPackage) -> str:
-    """The peft tuner an adapter loads as: DoRA is a LoRA variant."""
-    return "ia3" if package.config.method.name == "ia3" else "lora"
+    """The peft tuner type an adapter loads as ("lora" for DoRA too: a LoRA variant)."""
+    return str(read_peft_config(package.folder).get("peft_type", "LORA")).lower()
 
 
 def check_name(name: str) -> str:
@@ -125,11 +135,11 @@ class Engine:
             raise ServeError(f"an adapter named '{name}' is already loaded; unload it first", 409)
         package = open_package(folder, self.allow_pickle, self.base_name)
         cfg = package.config
-        if cfg.method.name not in LAYER_METHODS + PROMPT_METHODS:
+        if cfg.method.name not in [*layer_methods(), *PROMPT_METHODS]:
             raise ServeError(
                 f"'{folder}' is a {cfg.method.name} adapter; peftlab serve loads "
-                f"{', '.join(LAYER_METHODS + PROMPT_METHODS)} adapters onto one unquantized "
-                "base (merge or predict the others)"
+                f"{', '.join([*layer_methods(), *PROMPT_METHODS])} adapters onto one "
+                "unquantized base (merge or predict the others)"
             )
         check_base(package, self.source)
         cfg.model.name = self.base_name
@@ -159,7 +169,7 @@ class Engine:
             )
 
     def layer_slot(self, name: str, package: AdapterPackage, task) -> Slot:
-        """LoRA, DoRA or IA3: loaded into its tuner family's PeftModel, fit-checked."""
+        """A layer method (LoRA, IA3, LoHa, ...) in its tuner type's PeftModel, fit-checked."""
         family = tuner_type(package)
         model = self.families.load(family, str(package.folder), name)
         try:
