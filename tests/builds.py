@@ -84,7 +84,7 @@ class Built:
 
     def fresh_base(self, seed: int = 0):
         seed_everything(seed)  # a new linear head is drawn from the seed
-        extra = self.method.load_kwargs(self.cfg.method) if self.method.load_kwargs else None
+        extra = self.method.load_kwargs(self.cfg) if self.method.load_kwargs else None
         return loading.load_model(
             self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
         )

@@ -182,6 +182,11 @@ class MethodArgs:
         choices=("both", "encoder", "decoder"),
     )
     quant_bits: int = arg(4, "QLoRA: quantize the base to 4-bit NF4 or 8-bit.", choices=(4, 8))
+    double_quant: bool = arg(
+        True,
+        "QLoRA, 4-bit: quantize the quantization constants too (double quantization, as the "
+        "QLoRA paper does).",
+    )
     num_virtual_tokens: int = arg(20, "Prefix, prompt and P-tuning: virtual tokens.")
     prompt_init: str = arg(
         "text",

@@ -54,7 +54,7 @@ class Predictor:
         self.label_names = package.manifest.get("label_names") or []
         self.tokenizer = loading.load_tokenizer(self.source, padding_side(self.info))
         self.task = build_task(cfg, self.info, package.task_data(), self.tokenizer)
-        extra = self.method.load_kwargs(cfg.method) if self.method.load_kwargs else None
+        extra = self.method.load_kwargs(cfg) if self.method.load_kwargs else None
         model = loading.load_model(
             self.source, self.info, self.label_names, self.tokenizer, allow_pickle, extra
         )

@@ -24,7 +24,7 @@ class Method:
     kind: str  # "peft": standard peft adapter; "native": peftlab weights; "full": whole model
     merge: str | None = None  # None: mergeable; else the reason it cannot merge
     owns: Callable[[str], bool] = lambda name: True  # which parameter names are its own
-    load_kwargs: Callable | None = None  # extra from_pretrained kwargs (quantized bases)
+    load_kwargs: Callable | None = None  # RunConfig -> from_pretrained kwargs (quantized bases)
     layer_selective: bool = True
     default_lr: float = 5e-4
     family: str = "low-rank"  # what kind of change it makes: `peftlab methods` groups by it

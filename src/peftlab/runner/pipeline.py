@@ -113,7 +113,7 @@ def prepare(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> Prep
     dataset, task, items = task_data(cfg, info, tokenizer, shared_dir)
     log(f"data: {dataset.description}: {dataset.sizes} examples, {describe(dataset)}")
 
-    extra = method.load_kwargs(cfg.method) if method.load_kwargs else None
+    extra = method.load_kwargs(cfg) if method.load_kwargs else None
     model = loading.load_model(
         source, info, dataset.label_names, tokenizer, cfg.model.allow_pickle, extra
     )
