@@ -49,11 +49,13 @@ def test_options_reach_the_tuner(tiny_llama, sentiment_csv):
     assert trainable(peft_options=["r=2"]) * 4 == trainable(peft_options=["r=8"])
 
 
-def test_a_bad_option_is_one_line_naming_the_field(tiny_llama, sentiment_csv, tmp_path, capsys):
-    args = ["run", *tiny.where(tiny_llama, sentiment_csv, tmp_path / "run"), "--method", "vera"]
-    assert main([*args, "--peft-options", "ranks=4"]) == 2
+def test_a_bad_option_is_one_line_before_anything_loads(tmp_path, capsys):
+    args = ["run", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run")]
+    assert main([*args, "--method", "vera", "--peft-options", "ranks=4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "method.peft_options" in err and "VeraConfig" in err
+    assert main([*args, "--method", "lora", "--peft-options", "r=4"]) == 2
+    assert "lora takes its own flags" in capsys.readouterr().err
 
 
 def test_a_run_with_a_peft_tuner_learns_and_predicts(tiny_llama, sentiment_csv, tmp_path):

@@ -28,6 +28,7 @@ class Method:
     layer_selective: bool = True
     default_lr: float = 5e-4
     family: str = "low-rank"  # what kind of change it makes: `peftlab methods` groups by it
+    check_options: Callable | None = None  # MethodArgs -> None: its --peft-options, up front
 
 
 PEFT_NAMES = ("lora_", "ia3_", "prompt_encoder", "modules_to_save", "prefix_encoder")

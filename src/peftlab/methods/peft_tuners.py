@@ -233,6 +233,7 @@ def tuner_method(tuner: Tuner) -> Method:
         owns=lambda name: prefix in name,
         default_lr=tuner.default_lr,
         family=tuner.family,
+        check_options=lambda args: parse_options(args.peft_options, peft_config_class(tuner)),
     )
 
 

@@ -31,10 +31,22 @@ def get_method(name: str) -> Method:
 
 
 def check_method_args(cfg: RunConfig) -> None:
-    """A known method, and layer selection only for the methods that work layer by layer."""
+    """A known method, layer selection only for the methods that work layer by layer, and
+    --peft-options only for peft's other tuners, each a field of the tuner's config class."""
     m = cfg.method
+    method = get_method(m.name)
+    if method.check_options:
+        method.check_options(m)
+    elif m.peft_options:
+        takers = [name for name, other in METHODS.items() if other.check_options]
+        raise ConfigError(
+            "method.peft_options",
+            m.peft_options,
+            f"{m.name} takes its own flags (see `peftlab run --help`); --peft-options is for "
+            f"{', '.join(takers)}",
+        )
     selective = m.target_modules or m.layers or m.side != "both"
-    if not get_method(m.name).layer_selective and selective:
+    if not method.layer_selective and selective:
         raise ConfigError(
             "method.name",
             m.name,
