@@ -168,6 +168,16 @@ class MethodArgs:
     lora_r: int = arg(8, "LoRA rank.")
     lora_alpha: int = arg(16, "LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = arg(0.05, "Dropout on the LoRA input.")
+    rslora: bool = arg(
+        False,
+        "LoRA, DoRA, QLoRA: rank-stabilized scaling, alpha / sqrt(r) instead of alpha / r "
+        "(Kalajdzievski 2023), so higher ranks keep learning.",
+    )
+    lora_plus_ratio: float = arg(
+        0.0,
+        "LoRA, DoRA, QLoRA: LoRA+ (Hayou et al. 2024), the B matrices' learning rate this "
+        "many times the A matrices' (the paper uses 16); 0 = off.",
+    )
     target_modules: list[str] | None = arg(
         None,
         "Modules to adapt (comma-separated names, dotted suffixes or globs); default: the "
@@ -369,6 +379,10 @@ class RunConfig:
         for name in ("warmup_ratio",):
             _fraction(self, t, name, upper_inclusive=True)
         _fraction(self, m, "lora_dropout")
+        if m.lora_plus_ratio < 0:
+            raise ConfigError(
+                "method.lora_plus_ratio", m.lora_plus_ratio, "use 0 (off) or a ratio such as 16"
+            )
         _fraction(self, d, "validation_fraction")
         _fraction(self, d, "test_fraction")
         if d.validation_fraction + d.test_fraction >= 1:

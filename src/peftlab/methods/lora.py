@@ -21,8 +21,17 @@ def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
         target_modules=names,
         fan_in_fan_out=fan_in_fan_out(model, names),
         task_type=peft_task_type(info),
+        use_rslora=args.rslora,
         **extra,
     )
+
+
+def lora_plus(args: MethodArgs):
+    """LoRA+ (Hayou et al. 2024): B matrices learn `lora_plus_ratio` times faster than A
+    (the paper's 16 for most tasks); None when the ratio is 0 (off)."""
+    if not args.lora_plus_ratio:
+        return None
+    return lambda name: args.lora_plus_ratio if "lora_B" in name else 1.0
 
 
 def attach_lora(model, args: MethodArgs, info: ModelInfo):
@@ -67,9 +76,17 @@ def attach_qlora(model, args: MethodArgs, info: ModelInfo):
 
 
 METHODS = [
-    peft_method("lora", "LoRA: low-rank updates to linear layers (Hu et al. 2021)", attach_lora),
     peft_method(
-        "dora", "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)", attach_dora
+        "lora",
+        "LoRA: low-rank updates to linear layers (Hu et al. 2021)",
+        attach_lora,
+        lr_scale=lora_plus,
+    ),
+    peft_method(
+        "dora",
+        "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)",
+        attach_dora,
+        lr_scale=lora_plus,
     ),
     peft_method(
         "qlora",
@@ -77,5 +94,6 @@ METHODS = [
         attach_qlora,
         load_kwargs=qlora_load_kwargs,
         merge="merging into a quantized base re-rounds the weights and changes outputs",
+        lr_scale=lora_plus,
     ),
 ]

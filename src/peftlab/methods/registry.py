@@ -45,6 +45,12 @@ def check_method_args(cfg: RunConfig) -> None:
             f"{m.name} takes its own flags (see `peftlab run --help`); --peft-options is for "
             f"{', '.join(takers)}",
         )
+    lora_like = [name for name, other in METHODS.items() if other.lr_scale]
+    for option, given in (("rslora", m.rslora), ("lora_plus_ratio", m.lora_plus_ratio)):
+        if given and m.name not in lora_like:
+            raise ConfigError(
+                f"method.{option}", given, f"only {', '.join(lora_like)} take it; drop it"
+            )
     selective = m.target_modules or m.layers or m.side != "both"
     if not method.layer_selective and selective:
         raise ConfigError(

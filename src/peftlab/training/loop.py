@@ -71,17 +71,27 @@ def rank_weight_hashes(model, accelerator) -> list[str] | None:
     return hashes
 
 
-def make_optimizer(model, args: TrainArgs) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+def make_optimizer(model, args: TrainArgs, lr_scale=None) -> torch.optim.Optimizer:
+    """AdamW; `lr_scale(name)` multiplies a parameter's rate (LoRA+ gives LoRA's B
+    matrices a higher one); the schedule scales every group alike."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             # No weight decay on biases and norm scales (standard AdamW practice).
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": args.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
+            decays = not (param.ndim < 2 or "norm" in name.lower())
+            scale = lr_scale(name) if lr_scale else 1.0
+            groups.setdefault((decays, scale), []).append(param)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": args.weight_decay if decays else 0.0,
+                "lr": args.lr * scale,
+            }
+            for (decays, scale), params in groups.items()
+        ],
+        lr=args.lr,
+    )
 
 
 # --scheduler's names -> transformers' (the rate warms up linearly in each).
@@ -118,7 +128,16 @@ class Fit:
     validate, restore_best, summary."""
 
     def __init__(
-        self, model, task, train_items, val_items, args: TrainArgs, log, on_validation, track
+        self,
+        model,
+        task,
+        train_items,
+        val_items,
+        args: TrainArgs,
+        log,
+        on_validation,
+        track,
+        lr_scale=None,
     ):
         from accelerate import Accelerator
 
@@ -131,7 +150,7 @@ class Fit:
         self.total_steps = args.max_steps or math.ceil(args.epochs * self.windows_per_epoch)
         self.eval_every = validation_interval(args, self.total_steps)
         use_fast_dropout(model)
-        optimizer = make_optimizer(model, args)
+        optimizer = make_optimizer(model, args, lr_scale)
         self.scheduler = make_scheduler(optimizer, args, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)  # under any wrapper
@@ -338,12 +357,14 @@ def train(
     log=print,
     on_validation=None,
     track=None,
+    lr_scale=None,
 ) -> dict:
     """Train `model` in place; return the training record (timing, history, best).
 
     on_validation(index, value, final) hears each validation score (a tuning trial reports
     it to its pruner, which may stop the run by raising TrialPruned). track(values, step)
-    hears each step's loss and rate and each validation's scores (runner/tracking.py)."""
+    hears each step's loss and rate and each validation's scores (runner/tracking.py).
+    lr_scale(name) multiplies a parameter's learning rate (the method's: LoRA+)."""
     fit = Fit(
         model,
         task,
@@ -353,6 +374,7 @@ def train(
         log,
         on_validation,
         track or (lambda values, step: None),
+        lr_scale,
     )
     fit.resume(Checkpoints(checkpoint_dir))
     with fit.running() as running:
