@@ -39,6 +39,8 @@ def test_options_are_fields_of_the_peft_config_class():
         parse_options(["rank=4"], loha)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_options(["r"], loha)
+    with pytest.raises(ConfigError, match="--target-modules"):
+        parse_options(["target_modules=q_proj"], loha)
 
 
 def test_options_reach_the_tuner(tiny_llama, sentiment_csv):

@@ -163,6 +163,15 @@ def parameter_prefix(tuner: Tuner) -> str:
     return PEFT_TYPE_TO_PREFIX_MAPPING[PeftType[tuner.peft_type]]
 
 
+# Config fields peftlab sets itself, and where the user says what they want instead.
+SET_BY_PEFTLAB = {
+    "target_modules": "give the modules with --target-modules (and --layers, --side)",
+    "task_type": "the task and head set it (--task, --head)",
+    "modules_to_save": "a new linear head trains and is saved by itself",
+    "peft_type": "the method sets it (--method)",
+}
+
+
 def parse_options(options: list[str] | None, config_class) -> dict:
     """["r=4", "alpha=8"] -> {"r": 4, "alpha": 8}, each key a field of config_class; the
     values are read as YAML scalars (numbers, true/false, lists in brackets)."""
@@ -173,6 +182,8 @@ def parse_options(options: list[str] | None, config_class) -> dict:
         key = key.strip()
         if not sep or not key:
             raise ConfigError("method.peft_options", item, "write KEY=VALUE, e.g. r=4")
+        if key in SET_BY_PEFTLAB:
+            raise ConfigError("method.peft_options", item, SET_BY_PEFTLAB[key])
         if key not in known:
             raise ConfigError(
                 "method.peft_options",
