@@ -1,4 +1,6 @@
+import functools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,50 +13,81 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tiny
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    return tiny.make_llama(tmp_path_factory.mktemp("tiny-llama"))
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # Long tests first: one drawn last keeps every other worker waiting for it.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable
+
+
+def once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` fills, built once per test run however many xdist
+    workers ask: the others wait on a file lock in the workers' shared temporary root and
+    read it (pytest-xdist's documented pattern for session fixtures). Tiny models and data
+    are shared too, so every path a shared result names is the same in every worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    return tiny.make_bert(tmp_path_factory.mktemp("tiny-bert"))
+def tiny_llama(tiny_model) -> Path:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_model) -> Path:
+    return tiny_model("bert")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """tiny_model(arch) -> the folder of a tiny random-weight model, built once a session."""
-    built = {}
+    """tiny_model(arch) -> the folder of a tiny random-weight model, built once a run."""
 
     def make(arch: str) -> Path:
-        if arch not in built:
-            built[arch] = tiny.make_model(tmp_path_factory.mktemp(f"tiny-{arch}"), arch)
-        return built[arch]
+        return once_per_run(tmp_path_factory, f"tiny-{arch}", lambda f: tiny.make_model(f, arch))
 
-    return make
+    return functools.cache(make)
 
 
 @pytest.fixture(scope="session")
-def summary_csv(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("summaries")
-    return tiny.write_csv(folder / "summaries.csv", tiny.summary_rows(240))
+def summary_csv(once) -> Path:
+    rows = tiny.summary_rows(240)
+    return once("summaries", lambda f: tiny.write_csv(f / "summaries.csv", rows)) / "summaries.csv"
 
 
 @pytest.fixture(scope="session")
-def sentiment_csv(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    return tiny.write_csv(folder / "sentiment.csv", tiny.sentiment_rows(240))
+def once(tmp_path_factory):
+    """once(name, build) -> the folder build(folder) filled, built once a run."""
+    return functools.partial(once_per_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def tuned_comparison(tiny_llama, sentiment_csv, tmp_path_factory) -> Path:
+def sentiment_csv(once) -> Path:
+    rows = tiny.sentiment_rows(240)
+    return once("data", lambda f: tiny.write_csv(f / "sentiment.csv", rows)) / "sentiment.csv"
+
+
+@pytest.fixture(scope="session")
+def tuned_comparison(tiny_llama, sentiment_csv, once) -> Path:
     """One finished `compare --tune` (lora, ia3) for the tests that only read it: the
     tuning test checks its searches, the HTML test renders its report."""
     from peftlab.cli import main
 
-    out = tmp_path_factory.mktemp("tuned") / "cmp"
-    assert main(tiny.tune_argv(tiny_llama, sentiment_csv, out)) == 0
-    return out
+    def build(folder: Path) -> None:
+        assert main(tiny.tune_argv(tiny_llama, sentiment_csv, folder / "cmp")) == 0
+
+    return once("tuned", build) / "cmp"
 
 
 @pytest.fixture
@@ -68,20 +101,22 @@ SERVE_TRAIN += ["--max-new-tokens", "6"]
 
 
 @pytest.fixture(scope="session")
-def adapters(tiny_llama, sentiment_csv, tmp_path_factory):
+def adapters(tiny_llama, sentiment_csv, once):
     """Two adapters on the tiny llama for the server tests: label words and summaries."""
     from peftlab.cli import main
 
-    root = tmp_path_factory.mktemp("adapters")
-    summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
-    runs = {
-        "sentiment": ["--dataset", str(sentiment_csv)],
-        "summary": ["--dataset", str(summaries), "--task", "summarization"],
-    }
-    for name, extra in runs.items():
-        argv = ["run", "--model", str(tiny_llama), "--out", str(root / name), *SERVE_TRAIN, *extra]
-        assert main(argv) == 0
-    return {name: str(root / name / "adapter") for name in runs}
+    def build(root: Path) -> None:
+        summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
+        runs = {
+            "sentiment": ["--dataset", str(sentiment_csv)],
+            "summary": ["--dataset", str(summaries), "--task", "summarization"],
+        }
+        for name, extra in runs.items():
+            argv = ["run", "--model", str(tiny_llama), "--out", str(root / name), *SERVE_TRAIN]
+            assert main([*argv, *extra]) == 0
+
+    root = once("adapters", build)
+    return {name: str(root / name / "adapter") for name in ("sentiment", "summary")}
 
 
 SERVE_TOKEN = "s3cret"

@@ -106,6 +106,7 @@ def test_adapter_wrapper_exposes_the_wrapped_weight(tiny_model, summary_csv):
     assert wo.weight is wo.base.weight and wo.weight.dtype == torch.float32
 
 
+@pytest.mark.long
 def test_readme_architecture_table_is_current(tmp_path):
     from support_table import README, generate, readme_table
 

@@ -5,6 +5,8 @@ interpreter per run, and never stops a forkserver whose runs are still going."""
 import multiprocessing.forkserver
 import os
 
+import pytest
+
 from peftlab.comparison import child
 
 
@@ -12,6 +14,7 @@ def forkserver_pid():
     return multiprocessing.forkserver._forkserver._forkserver_pid
 
 
+@pytest.mark.long
 def test_a_new_environment_restarts_the_forkserver(tmp_path, monkeypatch):
     pids = []
     for mark in ("one", "two"):

@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import tiny
 
 from peftlab.cli import main
 
 
+@pytest.mark.long
 def test_compare_runs_methods_and_seeds_then_reuses_them(
     tiny_llama, sentiment_csv, tmp_path, capsys
 ):
@@ -69,6 +71,7 @@ def test_compare_with_nothing_to_do_is_one_line(tmp_path, capsys):
     assert "nothing to compare" in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_compare_summarization_gives_rouge_and_cost_columns(tiny_llama, tmp_path):
     data = tiny.write_csv(tmp_path / "sum.csv", tiny.summary_rows(160))
     out = tmp_path / "cmp"

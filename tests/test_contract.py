@@ -57,14 +57,30 @@ def is_new_head(name: str) -> bool:
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_trainable_parameters_are_the_methods_own(name, case):
+def test_contract(name, case, tmp_path):
+    """Every clause on one build, trained once: a model build and a training pass are most
+    of each clause's cost. A failure names its clause (the helper in the traceback)."""
     built = build(case, name)
     if built is None:
         return
+    trainable_parameters_are_the_methods_own(built)
+    before = built.logits(built.model)
+    frozen = frozen_weights(built.model)
+    built.train_steps()
+    expected = built.logits(built.model)
+    assert not torch.allclose(before, expected), "training changed nothing"
+    if name != "full":
+        training_leaves_base_weights(built, frozen)
+        disabled_model_equals_base(built)
+    save_reload_reproduces_outputs(built, expected, tmp_path)
+    merge_is_exact_or_refused_with_a_reason(built, expected)  # last: merging folds it in
+
+
+def trainable_parameters_are_the_methods_own(built):
     trainable = [n for n, p in built.model.named_parameters() if p.requires_grad]
     total = sum(1 for _ in built.model.parameters())
     assert trainable, "a method must train something"
-    if name == "full":
+    if built.method.name == "full":
         assert len(trainable) == total
     else:
         assert all(built.method.owns(n) or is_new_head(n) for n in trainable), trainable
@@ -72,35 +88,25 @@ def test_trainable_parameters_are_the_methods_own(name, case):
         assert len(trainable) < total
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n != "full"])
-def test_training_leaves_base_weights_and_disabled_model_equals_base(name, case):
-    built = build(case, name)
-    if built is None:
-        return
-    frozen = {
-        n: p.detach().clone() for n, p in built.model.named_parameters() if not p.requires_grad
-    }
-    before = built.logits(built.model)
-    built.train_steps()
-    after = built.logits(built.model)
-    assert not torch.allclose(before, after), "training changed nothing"
+def frozen_weights(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def training_leaves_base_weights(built, frozen):
     for n, p in built.model.named_parameters():
         # bitsandbytes repacks 4-bit storage for its CPU kernels: the values are compared
-        # through the outputs below (disabled == base), not byte by byte.
+        # through the outputs (disabled == base), not byte by byte.
         if n in frozen and p.dtype != torch.uint8:
             assert torch.equal(p, frozen[n]), f"{n} changed in place"
+
+
+def disabled_model_equals_base(built):
     with base_model(built.model):
         disabled = built.logits(built.model)
     torch.testing.assert_close(disabled, built.logits(built.base), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_save_reload_reproduces_outputs(name, case, tmp_path):
-    built = build(case, name)
-    if built is None:
-        return
-    built.train_steps()
-    expected = built.logits(built.model)
+def save_reload_reproduces_outputs(built, expected, tmp_path):
     save_artifact(built.model, built.tokenizer, tmp_path / "adapter", {}, built.method.kind)
     # Another seed draws another new head: the saved one must replace it.
     reloaded = reload_artifact(
@@ -114,13 +120,7 @@ def test_save_reload_reproduces_outputs(name, case, tmp_path):
         torch.testing.assert_close(built.logits(plain), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_merge_is_exact_or_refused_with_a_reason(name, case):
-    built = build(case, name)
-    if built is None:
-        return
-    built.train_steps()
-    expected = built.logits(built.model)
+def merge_is_exact_or_refused_with_a_reason(built, expected):
     if built.method.merge:
         with pytest.raises(PeftlabError, match="cannot merge"):
             merge_method(built.model, built.method)

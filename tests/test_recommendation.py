@@ -3,6 +3,7 @@ generation, the base model) beyond its confidence interval."""
 
 import json
 
+import pytest
 import tiny
 
 from peftlab.cli import main
@@ -99,6 +100,7 @@ def test_generation_must_beat_the_base_model():
     assert "the base model (0.2000)" in advice["not_learned"][0]["reason"]
 
 
+@pytest.mark.long
 def test_a_tiny_comparison_that_learns_nothing_recommends_nothing(
     tiny_llama, sentiment_csv, tmp_path
 ):

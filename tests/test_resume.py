@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tiny
 from safetensors.torch import load_file
 
@@ -43,6 +44,7 @@ def checkpoint_step(out) -> int:
         return 0
 
 
+@pytest.mark.long
 def test_kill_minus_nine_then_resume_matches_uninterrupted(tiny_llama, sentiment_csv, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(

@@ -33,24 +33,24 @@ SERVED = {
 
 
 @pytest.fixture(scope="module")
-def served(tiny_llama, sentiment_csv, tmp_path_factory):
+def served(tiny_llama, sentiment_csv, once):
     from peftlab.cli import main
 
-    root = tmp_path_factory.mktemp("methods")
-    summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
-    folders = {}
-    for name, (method, task) in SERVED.items():
-        data = ["--dataset", str(sentiment_csv)]
-        if task == "summarization":
-            data = ["--dataset", str(summaries), "--task", "summarization"]
-        argv = ["run", "--model", str(tiny_llama), "--method", method, *data]
-        assert main([*argv, "--out", str(root / name), *SERVE_TRAIN]) == 0
-        folders[name] = str(root / name / "adapter")
-    # A plain peft folder, as on the Hub: the LoRA summary adapter without peftlab.json.
-    shutil.copytree(folders["lora-sum"], root / "plain")
-    (root / "plain" / "peftlab.json").unlink()
-    folders["plain-peft"] = str(root / "plain")
-    return folders
+    def build(root):
+        summaries = tiny.write_csv(root / "sum.csv", tiny.summary_rows(160))
+        for name, (method, task) in SERVED.items():
+            data = ["--dataset", str(sentiment_csv)]
+            if task == "summarization":
+                data = ["--dataset", str(summaries), "--task", "summarization"]
+            argv = ["run", "--model", str(tiny_llama), "--method", method, *data]
+            assert main([*argv, "--out", str(root / name), *SERVE_TRAIN]) == 0
+        # A plain peft folder, as on the Hub: the LoRA summary adapter without peftlab.json.
+        shutil.copytree(root / "lora-sum" / "adapter", root / "plain")
+        (root / "plain" / "peftlab.json").unlink()
+
+    root = once("methods", build)
+    folders = {name: str(root / name / "adapter") for name in SERVED}
+    return {**folders, "plain-peft": str(root / "plain")}
 
 
 def offline(folder: str, texts: list[str]) -> list[dict]:

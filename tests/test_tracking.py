@@ -74,6 +74,7 @@ def test_a_run_logs_config_steps_scores_costs_and_its_record(
     assert scalars["test/accuracy"] == [(steps, pytest.approx(record["after"]["accuracy"]))]
 
 
+@pytest.mark.long
 def test_a_run_logs_to_trackio_locally(tiny_llama, sentiment_csv, tmp_path):
     """trackio's local-first store (TRACKIO_DIR, read once at its import: a process of
     its own), read back from its SQLite file: project, run, config and every step."""
@@ -100,6 +101,7 @@ def test_a_run_logs_to_trackio_locally(tiny_llama, sentiment_csv, tmp_path):
     assert json.loads(config)["method.name"] == "lora"
 
 
+@pytest.mark.long
 def test_a_comparison_logs_each_run_under_one_experiment(
     tiny_llama, sentiment_csv, tmp_path, mlflow_store
 ):
