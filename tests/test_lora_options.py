@@ -6,6 +6,7 @@ import math
 
 import pytest
 import tiny
+import torch
 from builds import Built
 
 from peftlab.cli import main
@@ -47,3 +48,38 @@ def test_a_run_records_both_and_other_methods_refuse_them(
     assert main([*args, "--method", "ia3", "--lora-plus-ratio", "16"]) == 2
     err = capsys.readouterr().err
     assert "method.lora_plus_ratio" in err and "only lora, dora, qlora" in err
+
+
+def test_eva_starts_each_a_from_the_training_inputs_principal_directions(tiny_llama, sentiment_csv):
+    from peftlab.methods.lora import eva_start
+    from peftlab.training.hooks import RunStart
+
+    built = Built(tiny_llama, sentiment_csv, "lora", lora_r=4, lora_init="eva")
+    rows = built.task.encode(built.dataset.splits["train"][:64])
+    batches = [built.task.collate(rows[i : i + 16]) for i in range(0, 64, 16)]
+    eva_start(built.model, RunStart(10, lambda: batches, built.task.loss))
+    pairs = [m for m in built.model.modules() if hasattr(m, "lora_A") and m.lora_A]
+    ranks = [m.r["default"] for m in pairs]
+    assert sum(ranks) == 4 * len(pairs) and len(set(ranks)) > 1  # the budget moved
+    for module in pairs:
+        a = module.lora_A["default"].weight  # rows: orthonormal singular vectors
+        torch.testing.assert_close(a @ a.T, torch.eye(a.shape[0]), atol=1e-4, rtol=0)
+        assert not module.lora_B["default"].weight.any()  # still the base model's outputs
+
+
+def test_gaussian_init_draws_a_with_std_one_over_the_rank(tiny_llama, sentiment_csv):
+    built = Built(tiny_llama, sentiment_csv, "lora", lora_r=8, lora_init="gaussian")
+    a = torch.cat([m.lora_A["default"].weight.flatten() for m in built.model.modules()
+                   if hasattr(m, "lora_A") and m.lora_A])  # fmt: skip
+    assert a.std().item() == pytest.approx(1 / 8, rel=0.1)
+
+
+def test_lora_init_is_recorded_and_refused_on_other_methods(
+    tiny_llama, sentiment_csv, tmp_path, capsys
+):
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, tmp_path / "run"), *tiny.ALL_ROWS]
+    assert main([*argv, "--lora-init", "eva", "--epochs", "1"]) == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["config"]["method"]["lora_init"] == "eva"
+    assert main([*argv, "--method", "ia3", "--lora-init", "gaussian"]) == 2
+    assert "method.lora_init" in capsys.readouterr().err

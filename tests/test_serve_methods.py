@@ -26,6 +26,7 @@ SERVED = {
     "prefix-sum": ("prefix", "summarization"),
     "prefix-sent": ("prefix", "classification"),
     "loha-sent": ("loha", "classification"),
+    "adalora-sum": ("adalora", "summarization"),
     "vera-sum": ("vera", "summarization"),
     "oft-sent": ("oft", "classification"),
     "ln-tuning-sum": ("ln_tuning", "summarization"),

@@ -25,6 +25,7 @@ import yaml
 
 from peftlab.errors import ConfigError
 
+LORA_INITS = ("default", "gaussian", "eva")
 PRECISIONS = ("auto", "fp32", "bf16")  # training/precision.py resolves "auto"
 
 
@@ -177,6 +178,13 @@ class MethodArgs:
         0.0,
         "LoRA, DoRA, QLoRA: LoRA+ (Hayou et al. 2024), the B matrices' learning rate this "
         "many times the A matrices' (the paper uses 16); 0 = off.",
+    )
+    lora_init: str = arg(
+        "default",
+        "LoRA, DoRA, QLoRA: how the low-rank pair starts: default (A random, B zero), "
+        "gaussian, or eva (from the principal directions of the training data's "
+        "activations, ranks redistributed by explained variance; Paischer et al. 2024).",
+        choices=LORA_INITS,
     )
     target_modules: list[str] | None = arg(
         None,

@@ -11,6 +11,7 @@ must land on a module of the base model with its shape.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -91,6 +92,21 @@ def method_of(folder: Path, config: dict) -> str:
     return "dora" if method == "lora" and config.get("use_dora") else method
 
 
+@contextlib.contextmanager
+def ranks_as_loaded(config):
+    """AdaLoRA cuts its modules to the saved ranks (rank_pattern) on every load: the load
+    being checked did, and a second cut of the cut modules fails. Off while checking."""
+    pattern = config.rank_pattern if config.peft_type == "ADALORA" else None
+    if pattern is None:
+        yield
+        return
+    config.rank_pattern = None
+    try:
+        yield
+    finally:
+        config.rank_pattern = pattern
+
+
 def check_fits(model, folder: Path, adapter_name: str = "default") -> None:
     """Every tensor the folder saved has a place in the loaded model, with its shape
     (peft itself only warns about keys that match nothing, and loads the rest)."""
@@ -101,7 +117,8 @@ def check_fits(model, folder: Path, adapter_name: str = "default") -> None:
     if not path.is_file():
         return  # pickled weights the user allowed: peft loaded them its own way
     try:
-        result = set_peft_model_state_dict(model, load_file(path), adapter_name=adapter_name)
+        with ranks_as_loaded(model.peft_config[adapter_name]):
+            result = set_peft_model_state_dict(model, load_file(path), adapter_name=adapter_name)
     except RuntimeError as exc:  # a size mismatch
         raise AdapterError(
             f"the weights in '{folder}' do not fit this base model ({first_line(exc)}); "

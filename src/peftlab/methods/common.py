@@ -29,7 +29,7 @@ class Method:
     default_lr: float = 5e-4
     family: str = "low-rank"  # what kind of change it makes: `peftlab methods` groups by it
     check_options: Callable | None = None  # MethodArgs -> None: its --peft-options, up front
-    lr_scale: Callable | None = None  # MethodArgs -> (parameter name -> rate multiplier)
+    loop_hooks: Callable | None = None  # MethodArgs -> training.hooks.LoopHooks (LoRA+, AdaLoRA)
 
 
 PEFT_NAMES = ("lora_", "ia3_", "prompt_encoder", "modules_to_save", "prefix_encoder")

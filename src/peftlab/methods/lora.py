@@ -8,12 +8,17 @@ import torch
 from peftlab.config import MethodArgs, RunConfig
 from peftlab.methods.common import fan_in_fan_out, peft_method, peft_task_type, targets, wrap_peft
 from peftlab.models.loading import ModelInfo
+from peftlab.training.hooks import LoopHooks
 
 
 def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
-    from peft import LoraConfig
+    from peft import EvaConfig, LoraConfig
 
     names = targets(model, args)
+    if args.lora_init == "eva":  # the pair is set from data by the loop (eva_start)
+        extra = {**extra, "init_lora_weights": "eva", "eva_config": EvaConfig()}
+    elif args.lora_init == "gaussian":
+        extra = {**extra, "init_lora_weights": "gaussian"}
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
@@ -26,12 +31,46 @@ def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
     )
 
 
+def lora_hooks(args: MethodArgs) -> LoopHooks | None:
+    """What LoRA's options add to the loop: LoRA+'s rates and EVA's data pass; None when
+    neither is on."""
+    scale = lora_plus(args)
+    start = eva_start if args.lora_init == "eva" else None
+    return LoopHooks(lr_scale=scale, start=start) if scale or start else None
+
+
 def lora_plus(args: MethodArgs):
     """LoRA+ (Hayou et al. 2024): B matrices learn `lora_plus_ratio` times faster than A
     (the paper's 16 for most tasks); None when the ratio is 0 (off)."""
     if not args.lora_plus_ratio:
         return None
     return lambda name: args.lora_plus_ratio if "lora_B" in name else 1.0
+
+
+def eva_start(model, run) -> None:
+    """EVA (Paischer et al. 2024): each A is set to the top right-singular vectors of its
+    layer's inputs over the training batches (peft's incremental SVD, cycled until the
+    components settle), and ranks move to the layers whose inputs need them. Forward
+    passes run the way training does (the task's loss), so every task and head works."""
+    from peft import initialize_lora_eva_weights
+
+    initialize_lora_eva_weights(
+        model,
+        dataloader=run.batches(),
+        forward_fn=run.forward,
+        prepare_model_inputs_fn=lambda batch, config: batch["attention_mask"].bool(),
+        prepare_layer_inputs_fn=unpadded_rows,
+        show_progress_bar=False,
+    )
+
+
+def unpadded_rows(layer_input, mask, layer_name):
+    """A layer's inputs as rows for the SVD, padding left out where the layer sees the
+    prompt's positions (an encoder-decoder's decoder sees others: all of them are kept)."""
+    x = layer_input[0] if isinstance(layer_input, tuple | list) else layer_input
+    if x.shape[:-1] == mask.shape:
+        return x[mask]
+    return x.reshape(-1, x.shape[-1])
 
 
 def attach_lora(model, args: MethodArgs, info: ModelInfo):
@@ -80,13 +119,13 @@ METHODS = [
         "lora",
         "LoRA: low-rank updates to linear layers (Hu et al. 2021)",
         attach_lora,
-        lr_scale=lora_plus,
+        loop_hooks=lora_hooks,
     ),
     peft_method(
         "dora",
         "DoRA: LoRA with a learned magnitude per output (Liu et al. 2024)",
         attach_dora,
-        lr_scale=lora_plus,
+        loop_hooks=lora_hooks,
     ),
     peft_method(
         "qlora",
@@ -94,6 +133,6 @@ METHODS = [
         attach_qlora,
         load_kwargs=qlora_load_kwargs,
         merge="merging into a quantized base re-rounds the weights and changes outputs",
-        lr_scale=lora_plus,
+        loop_hooks=lora_hooks,
     ),
 ]

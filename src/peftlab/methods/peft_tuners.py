@@ -169,6 +169,7 @@ SET_BY_PEFTLAB = {
     "task_type": "the task and head set it (--task, --head)",
     "modules_to_save": "a new linear head trains and is saved by itself",
     "peft_type": "the method sets it (--method)",
+    "total_step": "the run's step count sets it (--epochs, --max-steps)",
 }
 
 
@@ -234,7 +235,8 @@ def attach_tuner(tuner: Tuner, model, args: MethodArgs, info: ModelInfo):
         ) from None
 
 
-def tuner_method(tuner: Tuner) -> Method:
+def tuner_method(tuner: Tuner, loop_hooks=None) -> Method:
+    """The registry's entry for `tuner`; loop_hooks: what it adds to the training loop."""
     prefix = parameter_prefix(tuner)
     return Method(
         tuner.name,
@@ -245,6 +247,7 @@ def tuner_method(tuner: Tuner) -> Method:
         default_lr=tuner.default_lr,
         family=tuner.family,
         check_options=lambda args: parse_options(args.peft_options, peft_config_class(tuner)),
+        loop_hooks=loop_hooks,
     )
 
 
@@ -253,8 +256,6 @@ METHODS = [tuner_method(t) for t in TUNERS]
 # peft's other tuners, each with why it is not a method here (yet): `peftlab methods`
 # lists them, so none is silently absent. Checked on peft 0.21.2 with tiny models.
 NOT_REGISTERED = {
-    "adalora": "its rank budget schedule needs the training loop's step count and a call "
-    "after each step: not wired into peftlab's loop yet",
     "lily": "trains and reloads, but peft cannot merge it; not registered yet",
     "glora, hira, delora, gralora, tinylora, psoft, osf, peanut, supertuning, deft, frod, "
     "unilora": "train, reload and merge through the same path on the tiny models; not "

@@ -16,10 +16,19 @@ from __future__ import annotations
 
 from peftlab.config import RunConfig
 from peftlab.errors import ConfigError
-from peftlab.methods import bitfit, bottleneck, full, ia3, lora, peft_tuners, prompt_style
+from peftlab.methods import (
+    adalora,
+    bitfit,
+    bottleneck,
+    full,
+    ia3,
+    lora,
+    peft_tuners,
+    prompt_style,
+)
 from peftlab.methods.common import Method
 
-FAMILIES = (lora, ia3, prompt_style, peft_tuners, bottleneck, bitfit, full)
+FAMILIES = (lora, adalora, ia3, prompt_style, peft_tuners, bottleneck, bitfit, full)
 
 METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
 
@@ -45,8 +54,13 @@ def check_method_args(cfg: RunConfig) -> None:
             f"{m.name} takes its own flags (see `peftlab run --help`); --peft-options is for "
             f"{', '.join(takers)}",
         )
-    lora_like = [name for name, other in METHODS.items() if other.lr_scale]
-    for option, given in (("rslora", m.rslora), ("lora_plus_ratio", m.lora_plus_ratio)):
+    lora_like = [other.name for other in lora.METHODS]
+    lora_options = {
+        "rslora": m.rslora,
+        "lora_plus_ratio": m.lora_plus_ratio,
+        "lora_init": m.lora_init if m.lora_init != "default" else None,
+    }
+    for option, given in lora_options.items():
         if given and m.name not in lora_like:
             raise ConfigError(
                 f"method.{option}", given, f"only {', '.join(lora_like)} take it; drop it"

@@ -167,7 +167,7 @@ def train_and_score(p: Prepared, tracking: Tracking, log, on_validation) -> None
         log=log,
         on_validation=on_validation,
         track=tracking.log,
-        lr_scale=p.method.lr_scale(cfg.method) if p.method.lr_scale else None,
+        hooks=p.method.loop_hooks(cfg.method) if p.method.loop_hooks else None,
     )
     record["train"] = {
         **result,

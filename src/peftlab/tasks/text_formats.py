@@ -154,8 +154,14 @@ class Seq2SeqLayout:
         }
 
     def token_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        # The model shifts the labels right into decoder inputs itself.
-        out = model(**batch)
+        # The labels shifted right are the decoder's inputs. Given as such, the model
+        # computes no loss of its own (peftlab's is per row), and peft's AdaLoRA adds no
+        # training-only term to one (it fails on a reloaded adapter).
+        shift = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+        if shift is None:  # a wrapper (DDP) hides it: the model shifts them itself
+            return row_losses(model(**batch).logits, batch["labels"])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        out = model(**inputs, decoder_input_ids=shift(labels=batch["labels"]))
         return row_losses(out.logits, batch["labels"])
 
     def generate(self, model, items: list[TextItem], max_new_tokens: int, num_beams: int):

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from peftlab.training import distributed, frozen_cache, threads
 from peftlab.training.checkpoints import Checkpoints, LoopState
 from peftlab.training.evaluate import evaluate
 from peftlab.training.fast_dropout import use_fast_dropout
+from peftlab.training.hooks import NO_HOOKS, LoopHooks, RunStart
 from peftlab.training.precision import autocast, bf16_frozen_weights
 from peftlab.training.progress import Progress
 from peftlab.training.resources import Meter, release_freed_memory
@@ -137,12 +139,13 @@ class Fit:
         log,
         on_validation,
         track,
-        lr_scale=None,
+        hooks: LoopHooks = NO_HOOKS,
     ):
         from accelerate import Accelerator
 
         self.task, self.train_items, self.val_items, self.args = task, train_items, val_items, args
         self.log, self.on_validation, self.track = log, on_validation, track
+        self.hooks = hooks
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.lengths = [len(it.input_ids) for it in train_items]
         windows = len(epoch_windows(self.lengths, args.batch_size, args.grad_accum, 0, 0))
@@ -150,13 +153,23 @@ class Fit:
         self.total_steps = args.max_steps or math.ceil(args.epochs * self.windows_per_epoch)
         self.eval_every = validation_interval(args, self.total_steps)
         use_fast_dropout(model)
-        optimizer = make_optimizer(model, args, lr_scale)
+        if hooks.start:  # before the optimizer: EVA may change the ranks
+            hooks.start(model, self.run_start())
+        optimizer = make_optimizer(model, args, hooks.lr_scale)
         self.scheduler = make_scheduler(optimizer, args, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)  # under any wrapper
         self.metric, self.higher_is_better = task.validation
         self.state, self.best = LoopState(), None
         self.checkpoints: Checkpoints | None = None
+
+    def run_start(self) -> RunStart:
+        size, items = self.args.batch_size, self.train_items
+
+        def batches() -> list[dict]:
+            return [self.task.collate(items[i : i + size]) for i in range(0, len(items), size)]
+
+        return RunStart(self.total_steps, batches, self.task.loss)
 
     def resume(self, checkpoints: Checkpoints) -> None:
         """Go on from the checkpoint there is; later checkpoints are written there."""
@@ -242,6 +255,7 @@ class Fit:
             self.accelerator,
             self.args,
             running.frozen,
+            self.step_hooks(),
         )
         state = self.state
         state.train_seconds += time.perf_counter() - started
@@ -256,6 +270,13 @@ class Fit:
         running.bar.set_postfix(loss=f"{loss:.4f}")
         if running.bar.disable:  # no live bar: log lines
             running.progress.step_done(state)
+
+    def step_hooks(self) -> tuple:
+        """The method's loss term and its call after the optimizer step, on this step."""
+        model, step, hooks = self.unwrapped, self.state.step + 1, self.hooks
+        extra = partial(hooks.extra_loss, model) if hooks.extra_loss else None
+        after = hooks.after_optimizer_step
+        return extra, partial(after, model, step) if after else None
 
     def after_step(self, running: Running, end_of_epoch: bool) -> None:
         """A validation and a checkpoint, when due."""
@@ -357,14 +378,14 @@ def train(
     log=print,
     on_validation=None,
     track=None,
-    lr_scale=None,
+    hooks: LoopHooks = NO_HOOKS,
 ) -> dict:
     """Train `model` in place; return the training record (timing, history, best).
 
     on_validation(index, value, final) hears each validation score (a tuning trial reports
     it to its pruner, which may stop the run by raising TrialPruned). track(values, step)
     hears each step's loss and rate and each validation's scores (runner/tracking.py).
-    lr_scale(name) multiplies a parameter's learning rate (the method's: LoRA+)."""
+    hooks are what the method adds to the loop (training/hooks.py: LoRA+, AdaLoRA)."""
     fit = Fit(
         model,
         task,
@@ -374,7 +395,7 @@ def train(
         log,
         on_validation,
         track or (lambda values, step: None),
-        lr_scale,
+        hooks or NO_HOOKS,
     )
     fit.resume(Checkpoints(checkpoint_dir))
     with fit.running() as running:
@@ -418,14 +439,16 @@ def cache_frozen_layers(accelerator, model, task, items, args, repeats: bool, lo
 
 
 def train_step(
-    model, task, items, window, optimizer, scheduler, accelerator, args, frozen=None
+    model, task, items, window, optimizer, scheduler, accelerator, args, frozen=None, hooks=None
 ) -> float:
     """One optimizer step over an accumulation window; returns the window's mean loss.
 
     The loss is a mean over the task's units (examples, or target tokens for generation):
     each batch is weighted by its share of the window's units, so a window equals one big
-    batch whatever the accumulation.
+    batch whatever the accumulation. hooks: the method's (extra_loss, after_optimizer_step),
+    each a callable or None (Fit.step_hooks).
     """
+    extra_loss, after_optimizer_step = hooks or (None, None)
     units = [sum(task.units(items[j]) for j in indices) for indices in window]
     total = max(1, sum(units))
     loss_sum = 0.0
@@ -441,11 +464,14 @@ def train_step(
         )
         with sync, feeding, autocast(args.precision, accelerator.device):
             loss = task.loss(model, batch)
-            accelerator.backward(loss * units[i] / total)
+            term = extra_loss() if extra_loss else 0.0
+            accelerator.backward((loss + term) * units[i] / total)
         loss_sum += loss.item() * units[i]
     if args.max_grad_norm:
         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
     optimizer.step()
+    if after_optimizer_step:
+        after_optimizer_step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / total
