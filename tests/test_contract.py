@@ -165,7 +165,7 @@ def test_registry_matches_cli_and_readme(capsys):
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.split("\n\n")[0].splitlines()]
     assert listed == list(METHODS)
-    assert "peft tuners that are not methods here" in out and "adalora:" in out
+    assert "peft tuners that are not methods here" in out and "xlora: mixes" in out
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in METHODS:
         assert f"`{name}`" in readme, name

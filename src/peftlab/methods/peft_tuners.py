@@ -259,7 +259,7 @@ NOT_REGISTERED = {
     "lily": "trains and reloads, but peft cannot merge it; not registered yet",
     "glora, hira, delora, gralora, tinylora, psoft, osf, peanut, supertuning, deft, frod, "
     "unilora": "train, reload and merge through the same path on the tiny models; not "
-    "registered yet (each adds ~55 contract tests)",
+    "registered yet (each needs its defaults for small models and a row in the comparisons)",
     "road": "needs out_features divisible by its group size (64); the tiny test models are "
     "narrower, so it cannot pass the contract here",
     "waveft": "its default frequency count exceeds small layers' sizes; not tuned yet",
