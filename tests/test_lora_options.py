@@ -83,3 +83,45 @@ def test_lora_init_is_recorded_and_refused_on_other_methods(
     assert record["config"]["method"]["lora_init"] == "eva"
     assert main([*argv, "--method", "ia3", "--lora-init", "gaussian"]) == 2
     assert "method.lora_init" in capsys.readouterr().err
+
+
+def test_lora_fa_keeps_a_where_it_started_and_trains_b(tiny_llama, sentiment_csv, tmp_path):
+    from safetensors.torch import load_file
+
+    from peftlab.methods.lora import lora_fa_optimizer
+
+    built = Built(tiny_llama, sentiment_csv, "lora", lora_fa=True)
+    built.cfg.train.lr = 1e-2
+    start = {n: p.detach().clone() for n, p in built.model.named_parameters() if "lora_" in n}
+    optimizer = lora_fa_optimizer(built.cfg.method, built.model, built.cfg.train)
+    assert not any(p.requires_grad for n, p in built.model.named_parameters() if "lora_A" in n)
+    built.model.train()
+    for step in range(4):
+        built.task.loss(built.model, built.batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 1:  # what a checkpoint keeps and a resume loads (its state is by name)
+            optimizer.load_state_dict(optimizer.state_dict())
+    for name, p in built.model.named_parameters():
+        if "lora_A" in name:
+            assert torch.equal(p, start[name]), name
+        elif "lora_B" in name:
+            assert not torch.equal(p, start[name]), name
+    # A run: recorded, and saved with its A (plain peft needs both).
+    out = tmp_path / "run"
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--lora-fa", *tiny.ALL_ROWS]
+    assert main([*argv, "--epochs", "2", "--eval-every", "4"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["method"]["lora_fa"] is True
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in saved) and any("lora_B" in k for k in saved)
+
+
+def test_lora_fa_refuses_what_it_cannot_keep(tiny_llama, sentiment_csv, tmp_path, capsys):
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, tmp_path / "run"), "--lora-fa"]
+    assert main([*argv, "--method", "dora"]) == 2
+    assert "method.lora_fa" in capsys.readouterr().err
+    assert main([*argv, "--lora-plus-ratio", "16"]) == 2
+    assert "drop --lora-plus-ratio or --lora-fa" in capsys.readouterr().err
+    assert main([*argv, "--method", "ia3"]) == 2
+    assert "only lora, dora, qlora take it" in capsys.readouterr().err

@@ -179,6 +179,12 @@ class MethodArgs:
         "LoRA, DoRA, QLoRA: LoRA+ (Hayou et al. 2024), the B matrices' learning rate this "
         "many times the A matrices' (the paper uses 16); 0 = off.",
     )
+    lora_fa: bool = arg(
+        False,
+        "LoRA, QLoRA: LoRA-FA (Zhang et al. 2023): A stays frozen where it started and B "
+        "trains with a gradient projected for it (peft's LoRA-FA optimizer), so only B "
+        "keeps optimizer state.",
+    )
     lora_init: str = arg(
         "default",
         "LoRA, DoRA, QLoRA: how the low-rank pair starts: default (A random, B zero), "

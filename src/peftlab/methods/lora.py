@@ -3,9 +3,11 @@ al. 2023), all through peft's LoraConfig on the modules `targets` selects."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from peftlab.config import MethodArgs, RunConfig
+from peftlab.config import MethodArgs, RunConfig, TrainArgs
 from peftlab.methods.common import fan_in_fan_out, peft_method, peft_task_type, targets, wrap_peft
 from peftlab.models.loading import ModelInfo
 from peftlab.training.hooks import LoopHooks
@@ -36,7 +38,19 @@ def lora_hooks(args: MethodArgs) -> LoopHooks | None:
     neither is on."""
     scale = lora_plus(args)
     start = eva_start if args.lora_init == "eva" else None
-    return LoopHooks(lr_scale=scale, start=start) if scale or start else None
+    optimizer = partial(lora_fa_optimizer, args) if args.lora_fa else None
+    if not (scale or start or optimizer):
+        return None
+    return LoopHooks(lr_scale=scale, start=start, optimizer=optimizer)
+
+
+def lora_fa_optimizer(args: MethodArgs, model, train: TrainArgs):
+    """peft's LoRA-FA optimizer: it freezes every A and projects B's gradient by A."""
+    from peft.optimizers import create_lorafa_optimizer
+
+    return create_lorafa_optimizer(
+        model, args.lora_r, args.lora_alpha, train.lr, weight_decay=train.weight_decay
+    )
 
 
 def lora_plus(args: MethodArgs):

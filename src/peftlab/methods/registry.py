@@ -59,12 +59,14 @@ def check_method_args(cfg: RunConfig) -> None:
         "rslora": m.rslora,
         "lora_plus_ratio": m.lora_plus_ratio,
         "lora_init": m.lora_init if m.lora_init != "default" else None,
+        "lora_fa": m.lora_fa,
     }
     for option, given in lora_options.items():
         if given and m.name not in lora_like:
             raise ConfigError(
                 f"method.{option}", given, f"only {', '.join(lora_like)} take it; drop it"
             )
+    check_lora_fa(m)
     selective = m.target_modules or m.layers or m.side != "both"
     if not method.layer_selective and selective:
         raise ConfigError(
@@ -72,4 +74,19 @@ def check_method_args(cfg: RunConfig) -> None:
             m.name,
             f"{m.name} does not take --target-modules, --layers or --side; drop them or "
             "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
+        )
+
+
+def check_lora_fa(m) -> None:
+    """LoRA-FA's optimizer pairs each A with its B: DoRA's magnitudes are neither, and it
+    sets its own rates, so LoRA+'s would be dropped silently."""
+    if not m.lora_fa:
+        return
+    if m.name == "dora":
+        raise ConfigError("method.lora_fa", True, "LoRA-FA trains LoRA's pairs only; use lora")
+    if m.lora_plus_ratio:
+        raise ConfigError(
+            "method.lora_plus_ratio",
+            m.lora_plus_ratio,
+            "LoRA-FA sets the rates itself; drop --lora-plus-ratio or --lora-fa",
         )

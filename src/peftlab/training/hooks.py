@@ -1,8 +1,8 @@
 """What a method may add to the one training loop, each part optional.
 
-LoRA+ changes the rates of some parameters; EVA initializes LoRA from the training
-data's activations; AdaLoRA sets its rank budget schedule from
-the run's step count, adds its orthogonality term to the loss and reallocates ranks after
+LoRA+ changes the rates of some parameters and LoRA-FA the optimizer; EVA initializes
+LoRA from the training data's activations; AdaLoRA sets its rank budget schedule from the
+run's step count, adds its orthogonality term to the loss and reallocates ranks after
 each optimizer step, while the gradients it scores importance by are still there. The
 loop calls these and knows nothing of the methods behind them.
 """
@@ -25,6 +25,7 @@ class RunStart:
 @dataclass(frozen=True)
 class LoopHooks:
     lr_scale: Callable | None = None  # parameter name -> rate multiplier
+    optimizer: Callable | None = None  # (model, TrainArgs) -> the optimizer, in AdamW's place
     start: Callable | None = None  # (model, RunStart) -> None, before the optimizer exists
     extra_loss: Callable | None = None  # model -> a loss term added to each step's loss
     after_optimizer_step: Callable | None = None  # (model, step) -> None, grads still set

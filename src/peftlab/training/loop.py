@@ -155,7 +155,10 @@ class Fit:
         use_fast_dropout(model)
         if hooks.start:  # before the optimizer: EVA may change the ranks
             hooks.start(model, self.run_start())
-        optimizer = make_optimizer(model, args, hooks.lr_scale)
+        if hooks.optimizer:
+            optimizer = hooks.optimizer(model, args)
+        else:
+            optimizer = make_optimizer(model, args, hooks.lr_scale)
         self.scheduler = make_scheduler(optimizer, args, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)  # under any wrapper
