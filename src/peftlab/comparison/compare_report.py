@@ -19,6 +19,8 @@ COST_COLUMNS = [
     ("train_s", "train s", "{:.1f}"),
     ("peak_memory_mb", "peak MB", "{:.0f}"),
     ("train_samples_per_s", "train samples/s", "{:.2f}"),
+    ("train_gflops", "train GFLOPs", "{:,.1f}"),
+    ("mfu_percent", "MFU %", "{:.2f}"),
 ]
 PLOTS = ("metric_vs_params.png", "pareto.png", "cost.png", "loss_curves.png")
 
@@ -66,7 +68,7 @@ def cell(board: dict, row: dict, key: str, fmt: str) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in (value or {}).items()) or "-"
     if fmt == "default":
         return f"{value[metric]:.4f} (lr={value['lr']:g})" if value else "-"
-    return fmt.format(value)
+    return "-" if value is None else fmt.format(value)  # None: a record from before the key
 
 
 # What the forgetting column holds (runner/forgetting.py): the larger, the further from the base.

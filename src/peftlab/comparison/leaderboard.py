@@ -106,9 +106,20 @@ def method_row(
         "train_s": round(statistics.fmean(t["runtime_s"] for t in train), 1),
         "peak_memory_mb": round(max(t["peak_memory_mb"] for t in train), 0),
         "train_samples_per_s": round(statistics.fmean(t["samples_per_s"] for t in train), 2),
+        **compute_columns(train),
         "forgetting": f"{statistics.fmean(forgetting):.4g}" if forgetting else "-",
         "forgetting_value": statistics.fmean(forgetting) if forgetting else None,
         "run_dirs": [r["run_dir"] for r in runs],
+    }
+
+
+def compute_columns(train: list[dict]) -> dict:
+    """Mean training GFLOPs and MFU (training/flops.py); None for records made before."""
+    if not all(t.get("mfu") is not None for t in train):
+        return {"train_gflops": None, "mfu_percent": None}
+    return {
+        "train_gflops": round(statistics.fmean(t["train_flops"] for t in train) / 1e9, 1),
+        "mfu_percent": round(100 * statistics.fmean(t["mfu"] for t in train), 2),
     }
 
 

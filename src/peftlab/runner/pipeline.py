@@ -134,6 +134,7 @@ def prepare(cfg: RunConfig, run_dir: Path, log, shared_dir: Path | None) -> Prep
         distributed.backend(),
     )
     record["environment"]["threads"] = cpu_threads
+    record["environment"]["precision"] = cfg.train.precision  # resolved: what ran
     record["data"] = data_summary(dataset, task)
     return Prepared(cfg, run_dir, record, model, method, tokenizer, info, task, items,
                     bool(extra), shared_dir)  # fmt: skip

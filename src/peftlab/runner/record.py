@@ -19,6 +19,7 @@ import torch
 
 from peftlab.errors import PeftlabError
 from peftlab.fsutil import write_json_atomic
+from peftlab.training.flops import machine
 
 FORMAT_VERSION = 1
 RECORD_FILE = "run.json"
@@ -103,16 +104,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(
     seed: int,
     model_sha256: str | None,
@@ -124,7 +115,8 @@ def environment(
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": cpu_name(),
+        "cpu": machine()["device"],
+        "cpu_flags": machine()["flags"],  # those that set its matmul speed
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -46,6 +46,8 @@ def cost_table(record: dict) -> str:
         ("train throughput", f"{t['samples_per_s']:.2f} samples/s, {t['steps_per_s']:.3f} steps/s"),
         ("train peak memory", f"{t['peak_memory_mb']:.0f} MB"),
     ]
+    if t.get("mfu") is not None:  # older records lack the keys
+        rows.append(("train compute", utilization_line(t, record["environment"])))
     if t.get("frozen_layers_cached"):  # older records lack the key
         below = t["frozen_layers_cached"]
         rows.append(("frozen layers", f"0-{below - 1} computed once per example, reused"))
@@ -59,6 +61,17 @@ def cost_table(record: dict) -> str:
         ),
     ]
     return "\n".join(["| cost | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def utilization_line(t: dict, env: dict) -> str:
+    precision = env.get("precision", "fp32")
+    return (
+        f"{t['train_flops'] / 1e9:,.1f} GFLOPs (torch's count of a real batch, "
+        f"{t['flops_per_sample'] / 1e6:,.1f} MFLOPs an example) at "
+        f"{t['achieved_flops_per_s'] / 1e9:,.2f} GFLOP/s: MFU {100 * t['mfu']:.2f}% of this "
+        f"machine's {t['peak_flops_per_s'] / 1e9:,.0f} GFLOP/s {precision} matmul peak "
+        f"({env.get('cpu')}, {', '.join(env.get('cpu_flags') or []) or 'no wide vector flags'})"
+    )
 
 
 def forgetting_lines(record) -> list[str]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from peftlab.config import TrainArgs
 from peftlab.models.loading import cpu_attention
-from peftlab.training import distributed, frozen_cache, threads
+from peftlab.training import distributed, flops, frozen_cache, threads
 from peftlab.training.checkpoints import Checkpoints, LoopState
 from peftlab.training.evaluate import evaluate
 from peftlab.training.fast_dropout import use_fast_dropout
@@ -122,6 +122,8 @@ class Running:
     bar: tqdm
     progress: Progress
     frozen: frozen_cache.FrozenCache | None = None
+    flops_per_sample: float = 0.0
+    threads: int = 1
 
 
 class Fit:
@@ -206,7 +208,7 @@ class Fit:
                 cpu_attention(self.unwrapped, max(self.lengths)),
                 share,
             ):
-                running = Running(meter, share, bar, progress)
+                running = Running(meter, share, bar, progress, threads=torch.get_num_threads())
                 repeats = self.total_steps > self.windows_per_epoch
                 running.frozen = cache_frozen_layers(
                     self.accelerator,
@@ -219,9 +221,29 @@ class Fit:
                 )
                 if running.frozen is not None:
                     self.state.train_seconds += running.frozen.build_seconds
+                running.flops_per_sample = self.flops_per_sample(running.frozen)
                 yield running
         finally:
             bar.close()
+
+    def flops_per_sample(self, frozen) -> float:
+        """torch's FLOP count of a training batch of median length, forward and backward
+        as the steps run it (frozen layers fed from their cache), per example."""
+        windows = epoch_windows(self.lengths, self.args.batch_size, 1, self.args.seed, 0)
+        batches = sorted(
+            (w[0] for w in windows), key=lambda b: sum(self.lengths[i] for i in b) / len(b)
+        )
+        indices = batches[len(batches) // 2]
+        batch = {
+            k: v.to(self.accelerator.device)
+            for k, v in self.task.collate([self.train_items[j] for j in indices]).items()
+        }
+        feeding = frozen.feeding(indices, batch["attention_mask"]) if frozen else None
+        device = self.accelerator.device
+        counted = flops.count_flops(
+            self.unwrapped, self.task, batch, self.args.precision, device, feeding
+        )
+        return counted / len(indices)
 
     @property
     def done(self) -> bool:
@@ -350,7 +372,10 @@ class Fit:
         """The training record: timing, speed, memory, best validation, history."""
         state, meter, frozen = self.state, running.meter, running.frozen
         compute = max(state.train_seconds, 1e-9)
+        peak = flops.peak_flops(self.args.precision, running.threads, self.accelerator.device)
+        cost = flops.utilization(running.flops_per_sample, state.samples, compute, peak)
         return {
+            **cost,
             "runtime_s": round(meter.seconds, 3),
             "train_compute_s": round(state.train_seconds, 3),
             "samples": state.samples,

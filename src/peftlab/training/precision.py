@@ -43,6 +43,18 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def autocast(precision: str, device):
     import torch
 

@@ -1,0 +1,79 @@
+"""The cost of a run against what the machine can do: torch's own FLOP count of a real
+training batch, the achieved rate, and MFU against this machine's matmul peak, measured
+once per CPU, dtype and thread count and kept under PEFTLAB_HOME."""
+
+import json
+
+import pytest
+import tiny
+import torch
+from builds import Built
+
+from peftlab.cli import main
+from peftlab.training import flops
+
+
+def test_the_count_is_torchs_own_and_leaves_training_as_it_was(tiny_llama, sentiment_csv):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    built = Built(tiny_llama, sentiment_csv, "lora")
+    built.model.train()
+    state = torch.get_rng_state()
+    counted = flops.count_flops(built.model, built.task, built.batch, "fp32", torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), state)  # no dropout mask drawn
+    assert built.model.training and all(p.grad is None for p in built.model.parameters())
+    with FlopCounterMode(display=False) as direct:
+        built.task.loss(built.model, built.batch).backward()
+    assert counted == direct.get_total_flops() > 0
+    built.model.zero_grad()
+    with FlopCounterMode(display=False) as forward_only, torch.no_grad():
+        built.task.loss(built.model, built.batch)
+    assert counted > 2 * forward_only.get_total_flops()  # the backward pass is in it
+
+
+def test_a_run_records_its_flops_and_mfu_against_a_kept_peak(
+    tiny_llama, sentiment_csv, tmp_path, peftlab_home, monkeypatch
+):
+    out = tmp_path / "run"
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--epochs", "1"]
+    assert main([*argv, "--precision", "fp32", *tiny.ALL_ROWS]) == 0
+    record = json.loads((out / "run.json").read_text())
+    t, env = record["train"], record["environment"]
+    assert t["train_flops"] == pytest.approx(t["flops_per_sample"] * t["samples"], rel=1e-6)
+    assert t["achieved_flops_per_s"] == pytest.approx(
+        t["train_flops"] / t["train_compute_s"], rel=0.01
+    )
+    assert t["mfu"] == pytest.approx(t["achieved_flops_per_s"] / t["peak_flops_per_s"], abs=1e-4)
+    assert env["precision"] == "fp32" and env["cpu"] and isinstance(env["cpu_flags"], list)
+    assert "MFU" in (out / "report.md").read_text()
+    kept = json.loads((peftlab_home / "peak_flops.json").read_text())
+    (key,) = kept
+    assert json.loads(key)["device"] == env["cpu"] and round(kept[key]) == t["peak_flops_per_s"]
+
+
+def test_the_peak_is_measured_once_per_machine_and_again_on_another(peftlab_home, monkeypatch):
+    measured = []
+    monkeypatch.setattr(flops, "measure_peak", lambda *a: measured.append(a) or 1e9)
+    cpu = torch.device("cpu")
+    assert flops.peak_flops("fp32", 2, cpu) == flops.peak_flops("fp32", 2, cpu) == 1e9
+    assert len(measured) == 1  # kept
+    flops.peak_flops("fp32", 1, cpu)  # another thread count
+    monkeypatch.setattr(flops, "machine", lambda: {"device": "another CPU", "flags": []})
+    flops.peak_flops("fp32", 2, cpu)  # another machine
+    assert len(measured) == 3
+
+
+def test_a_real_peak_is_a_plausible_rate():
+    rate = flops.measure_peak("fp32", 1, torch.device("cpu"), repeats=2)
+    assert 1e8 < rate < 1e14  # FLOP/s: any CPU core is between 0.1 GFLOP/s and 100 TFLOP/s
+
+
+def test_the_leaderboard_shows_compute_and_a_dash_for_older_records():
+    from peftlab.comparison.compare_report import cell
+    from peftlab.comparison.leaderboard import compute_columns
+
+    runs = [{"train_flops": 2e9, "mfu": 0.01}, {"train_flops": 4e9, "mfu": 0.03}]
+    assert compute_columns(runs) == {"train_gflops": 3.0, "mfu_percent": 2.0}
+    older = compute_columns([{"samples_per_s": 1.0}])
+    assert older == {"train_gflops": None, "mfu_percent": None}
+    assert cell({"rows": []}, older, "mfu_percent", "{:.2f}") == "-"
