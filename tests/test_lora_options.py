@@ -125,3 +125,61 @@ def test_lora_fa_refuses_what_it_cannot_keep(tiny_llama, sentiment_csv, tmp_path
     assert "drop --lora-plus-ratio or --lora-fa" in capsys.readouterr().err
     assert main([*argv, "--method", "ia3"]) == 2
     assert "only lora, dora, qlora take it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arch", "init"), [("llama", "pissa"), ("llama", "olora"), ("gpt2", "pissa"), ("t5", "pissa")]
+)
+def test_residual_inits_keep_the_contract_and_save_a_lora_of_the_original_base(
+    arch, init, tiny_model, sentiment_csv, tmp_path
+):
+    """PiSSA and OLoRA move part of each base weight into the pair: the switched-off model
+    is still exactly the base (the residual plus the initial pair), and the saved adapter is
+    a plain LoRA of twice the rank that reproduces the trained model on the original base."""
+    from test_contract import (
+        disabled_model_equals_base,
+        merge_is_exact_or_refused_with_a_reason,
+        save_reload_reproduces_outputs,
+    )
+
+    built = Built(tiny_model(arch), sentiment_csv, "lora", lora_r=4, lora_init=init)
+    stored = {n: p for n, p in built.model.named_parameters() if n.endswith("base_layer.weight")}
+    original = dict(built.base.named_parameters())
+    assert any(not torch.equal(p, original[n.replace("base_model.model.", "").replace(
+        ".base_layer", "")]) for n, p in stored.items())  # fmt: skip  # a residual now
+    torch.testing.assert_close(built.logits(built.model), built.logits(built.base))
+    built.train_steps()
+    expected = built.logits(built.model)
+    disabled_model_equals_base(built)
+    save_reload_reproduces_outputs(built, expected, tmp_path)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True
+    merge_is_exact_or_refused_with_a_reason(built, expected)
+
+
+def test_residual_inits_are_refused_on_qlora_and_dora(tiny_llama, sentiment_csv, tmp_path, capsys):
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, tmp_path / "run"), "--method", "qlora"]
+    assert main([*argv, "--lora-init", "pissa"]) == 2
+    assert "method.lora_init" in capsys.readouterr().err
+    assert main([*argv[:-1], "dora", "--lora-init", "olora"]) == 2
+    assert "starts lora only" in capsys.readouterr().err
+
+
+def test_a_pissa_run_scores_the_true_base_and_its_adapter_predicts(
+    tiny_llama, sentiment_csv, tmp_path
+):
+    from peftlab.adapters.inference import Predictor
+    from peftlab.adapters.package import open_package
+
+    records = {}
+    for init in ("default", "pissa"):
+        out = tmp_path / init
+        argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--lora-init", init]
+        argv += ["--precision", "fp32"]  # bf16 rounds W_res + s B0 A0 unlike W
+        assert main([*argv, "--epochs", "2", "--lr", "1e-2", *tiny.ALL_ROWS]) == 0
+        records[init] = json.loads((out / "run.json").read_text())
+    before = [records[i]["before"]["loss"] for i in records]
+    assert before[0] == pytest.approx(before[1], abs=1e-5)  # the base, not the residual
+    texts = ["a wonderful film", "a dull, tiresome mess"]
+    predicted = Predictor(open_package(tmp_path / "pissa" / "adapter")).predict(texts)
+    assert len(predicted) == 2 and all("label" in p for p in predicted)

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from peftlab.data.assets import sha256_file
 from peftlab.fsutil import dir_size_bytes, write_dir_atomic, write_json_atomic
+from peftlab.methods import residual_init
 from peftlab.training.trainable import trainable_state
 
 MANIFEST = "peftlab.json"
@@ -39,6 +40,8 @@ def save_artifact(model, tokenizer, folder: Path, manifest: dict, kind: str) -> 
     def fill(tmp: Path) -> None:
         if kind == "native":
             save_file(trainable_state(model), tmp / NATIVE_WEIGHTS)
+        elif residual_init.has_residual_base(model):
+            residual_init.save_as_plain_lora(model, tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         if kind == "full":

@@ -8,7 +8,9 @@ from functools import partial
 import torch
 
 from peftlab.config import MethodArgs, RunConfig, TrainArgs
+from peftlab.errors import ConfigError
 from peftlab.methods.common import fan_in_fan_out, peft_method, peft_task_type, targets, wrap_peft
+from peftlab.methods.residual_init import RESIDUAL_INITS, keep_initial_pair
 from peftlab.models.loading import ModelInfo
 from peftlab.training.hooks import LoopHooks
 
@@ -21,6 +23,14 @@ def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
         extra = {**extra, "init_lora_weights": "eva", "eva_config": EvaConfig()}
     elif args.lora_init == "gaussian":
         extra = {**extra, "init_lora_weights": "gaussian"}
+    elif args.lora_init in RESIDUAL_INITS:
+        if args.lora_init == "olora" and fan_in_fan_out(model, names):
+            raise ConfigError(
+                "method.lora_init",
+                "olora",
+                "peft's OLoRA does not take transposed (GPT-2 Conv1D) weights; use pissa",
+            )
+        extra = {**extra, "init_lora_weights": RESIDUAL_INITS[args.lora_init]}
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
@@ -87,12 +97,15 @@ def unpadded_rows(layer_input, mask, layer_name):
     return x.reshape(-1, x.shape[-1])
 
 
-def attach_lora(model, args: MethodArgs, info: ModelInfo):
-    return wrap_peft(model, lora_config(model, args, info), info)
+def attach_lora(model, args: MethodArgs, info: ModelInfo, **extra):
+    model = wrap_peft(model, lora_config(model, args, info, **extra), info)
+    if args.lora_init in RESIDUAL_INITS:
+        keep_initial_pair(model)  # the base is now a residual: methods/residual_init.py
+    return model
 
 
 def attach_dora(model, args: MethodArgs, info: ModelInfo):
-    return wrap_peft(model, lora_config(model, args, info, use_dora=True), info)
+    return attach_lora(model, args, info, use_dora=True)
 
 
 # Heads stay in full precision: they are new (trained and saved whole) or tied.

@@ -67,6 +67,7 @@ def check_method_args(cfg: RunConfig) -> None:
                 f"method.{option}", given, f"only {', '.join(lora_like)} take it; drop it"
             )
     check_lora_fa(m)
+    check_residual_init(m)
     selective = m.target_modules or m.layers or m.side != "both"
     if not method.layer_selective and selective:
         raise ConfigError(
@@ -74,6 +75,19 @@ def check_method_args(cfg: RunConfig) -> None:
             m.name,
             f"{m.name} does not take --target-modules, --layers or --side; drop them or "
             "choose a layer-wise method (lora, dora, qlora, ia3, adapter, bitfit)",
+        )
+
+
+def check_residual_init(m) -> None:
+    """PiSSA and OLoRA move part of each base weight into the adapter, saved as a plain
+    LoRA s (B A - B0 A0): a quantized base cannot hold the residual exactly, and DoRA's
+    output is not linear in B A, so neither converts."""
+    if m.name != "lora" and m.lora_init in ("pissa", "olora"):
+        raise ConfigError(
+            "method.lora_init",
+            m.lora_init,
+            f"{m.lora_init} starts lora only (a quantized base cannot hold its residual "
+            "exactly; DoRA's magnitudes do not convert to a plain LoRA); use --method lora",
         )
 
 

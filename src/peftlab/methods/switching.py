@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from peftlab.errors import PeftlabError
-from peftlab.methods import bitfit, bottleneck, head_copies
+from peftlab.methods import bitfit, bottleneck, head_copies, residual_init
 from peftlab.methods.common import Method
 from peftlab.models import architecture
 
@@ -16,6 +16,8 @@ def base_model(model):
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
+        if residual_init.has_residual_base(model):  # PiSSA, OLoRA: W = W_res + s B0 A0
+            return residual_init.initial_pair_in_place(model)
         if model.active_peft_config.is_prompt_learning:
             return _prompt_learning_disabled(model)
         return model.disable_adapter()
