@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.peftlab-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test test-fast bench lint format clean
+.PHONY: setup demo test test-fast bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ test-fast: setup lint
 # writes bench/results.json. Not part of the tests; about an hour on 2 CPU cores.
 bench: setup
 	$(BIN)/python bench/vs_peer.py
+
+# One round per case: a first look on a new kind of machine (its rows are added).
+bench-quick: setup
+	$(BIN)/python bench/vs_peer.py --quick
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,6 +2,10 @@
 
     python bench/vs_peer.py                      # every case, 3 rounds -> bench/results.json
     python bench/vs_peer.py --cases minilm-lora --rounds 1
+    python bench/vs_peer.py --quick              # every case, one round
+
+Results are kept per machine (CPU name and speed flags): another kind of machine adds
+its rows to bench/results.json instead of replacing the ones there.
 
 For each case the three pipelines run alternately (the order rotates every round), each
 in a fresh process so memory peaks and warm caches do not leak between them:
@@ -249,6 +253,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one round per case")
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument(
         "--smoke", action="store_true", help="a tenth of the data: check the pipelines run"
@@ -269,12 +274,14 @@ def main() -> int:
     peak = matmul_peak()
     print(f"matmul peak GFLOP/s: {peak}", flush=True)
     out = Path(args.out)
-    report = json.loads(out.read_text()) if out.exists() else {}
-    report.update(machine={"cpu_count": os.cpu_count(), "matmul_peak_gflops": peak})
-    report.setdefault("cases", {})
+    report = load_report(out)
+    key, info = this_machine()
+    slot = report["machines"].setdefault(key, {"cases": {}})
+    slot["machine"] = {**info, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peak}
+    rounds = 1 if args.quick else args.rounds
     for case in cases:
         runs: dict[str, list] = {p: [] for p in PIPELINES}
-        for round_ in range(args.rounds):
+        for round_ in range(rounds):
             order = PIPELINES[round_ % 3 :] + PIPELINES[: round_ % 3]
             for pipeline in order:
                 result = run_in_process(case, pipeline)
@@ -288,7 +295,7 @@ def main() -> int:
         entry = {p: summarize(r, peak) for p, r in runs.items()}
         entry["ratios"] = ratios(entry)
         entry["config"] = case_config(case)
-        report["cases"][case] = entry
+        slot["cases"][case] = entry
         print(json.dumps({case: entry["ratios"]}), flush=True)
         # Written after every case: an interrupted benchmark keeps what it measured.
         tmp = out.with_suffix(".tmp")
@@ -298,19 +305,46 @@ def main() -> int:
     return 0
 
 
+def this_machine() -> tuple[str, dict]:
+    """The key a machine's results are kept under: its CPU and the flags that set its
+    matmul speed (a second kind of machine adds its rows instead of overwriting)."""
+    from peftlab.training.flops import machine
+
+    info = machine()
+    return f"{info['device']} [{' '.join(info['flags']) or 'no wide vector flags'}]", info
+
+
+# Results from before the machine was recorded: on an AVX512-BF16 CPU (README, 2026-12-04).
+LEGACY_KEY = "CPU not recorded (AVX512-BF16, 2 cores)"
+
+
+def load_report(path: Path) -> dict:
+    """{"machines": {key: {"machine", "cases"}}}; an older file's cases move under
+    LEGACY_KEY."""
+    report = json.loads(path.read_text()) if path.exists() else {}
+    if "cases" in report:
+        legacy = {"machine": report.pop("machine", {}), "cases": report.pop("cases")}
+        report.setdefault("machines", {})[LEGACY_KEY] = legacy
+    report.setdefault("machines", {})
+    return report
+
+
 def table(report: dict) -> str:
     lines = [
-        "| case | pipeline | train samples/s | peak MB | test metric | MFU | speed ratio |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| CPU | case | pipeline | train samples/s | peak MB | test metric | MFU | speed ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for case, entry in report["cases"].items():
-        for p in PIPELINES:
-            e = entry[p]
-            ratio = "" if p == "peftlab" else f"{entry['ratios'][f'vs_{p}']['samples_per_s']:.2f}x"
-            lines.append(
-                f"| {case} | {p} ({e['precision']}) | {e['samples_per_s']:.2f} | "
-                f"{e['peak_memory_mb']:.0f} | {e['metric']:.4f} | {100 * e['mfu']:.1f}% | {ratio} |"
-            )
+    for key, slot in report["machines"].items():
+        for case, entry in slot["cases"].items():
+            for p in PIPELINES:
+                e = entry[p]
+                ratios = entry["ratios"]
+                ratio = "" if p == "peftlab" else f"{ratios[f'vs_{p}']['samples_per_s']:.2f}x"
+                lines.append(
+                    f"| {key} | {case} | {p} ({e['precision']}) | {e['samples_per_s']:.2f} | "
+                    f"{e['peak_memory_mb']:.0f} | {e['metric']:.4f} | {100 * e['mfu']:.1f}% "
+                    f"| {ratio} |"
+                )
     return "\n".join(lines)
 
 
