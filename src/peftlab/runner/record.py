@@ -111,12 +111,13 @@ def environment(
     num_processes: int = 1,
     distributed_backend: str | None = None,
 ) -> dict:
+    this = machine()  # reads /proc/cpuinfo once
     env = {
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": machine()["device"],
-        "cpu_flags": machine()["flags"],  # those that set its matmul speed
+        "cpu": this["device"],
+        "cpu_flags": this["flags"],  # those that set its matmul speed
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
