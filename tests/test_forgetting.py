@@ -57,3 +57,23 @@ def test_the_built_in_general_text_is_the_other_corpus():
     assert len(news) == len(reviews) == 5
     assert sum(map(len, news)) > 5 * sum(map(len, reviews))  # articles vs critic snippets
     assert news == general_texts("my_reviews.csv", None, 5)  # the same texts every run
+
+
+@pytest.mark.parametrize(("arch", "head"), [("llama", "label_words"), ("bert", "linear")])
+def test_batched_scores_equal_one_text_at_a_time(arch, head, tiny_model):
+    """Texts of different lengths scored together, padded: the same per-text values as
+    each scored alone (the padding is masked and never scored)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from peftlab.runner import forgetting
+
+    path = tiny_model(arch)
+    loader = AutoModelForCausalLM if arch == "llama" else AutoModel
+    model = loader.from_pretrained(path).eval()
+    info = type("Info", (), {"head": head, "kind": "causal_lm" if arch == "llama" else "encoder"})
+    rows = [[5, 9, 11, 3, 7, 2, 8][:n] for n in (7, 2, 5, 3, 6, 4, 7, 2, 5, 3)]
+    together = forgetting.scores(model, rows, info, "fp32", base=False)
+    alone = torch.stack([forgetting.scores(model, [r], info, "fp32", base=False)[0] for r in rows])
+    assert together.shape[0] == len(rows)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
