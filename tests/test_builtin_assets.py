@@ -5,7 +5,8 @@ zero-shot on Rotten Tomatoes, then LoRA) on 400 training examples instead of 1,0
 the suite stays in budget on a CPU without bf16; the README's numbers come from the full
 default. The summarization test is the README's bbc_news headline run on a smaller budget.
 Measured on 2 cores (AVX512-BF16 CPU): fp32 0.7967 -> 0.8533, bf16 0.8033 -> 0.8533;
-headlines at 120 examples (fp32) ROUGE-1 0.097 -> 0.192, perplexity 187 -> 25.
+headlines at 120 examples, 24 articles, 24 new tokens (bf16), seeds 0 and 1: ROUGE-1
+0.117 -> 0.197 and 0.211, perplexity 166 -> 27, 24 -> 12 tokens generated.
 """
 
 import json
@@ -71,11 +72,12 @@ def test_minilm_learns_bbc_news_topics(tmp_path):
 def test_smollm2_learns_to_write_bbc_headlines(tmp_path):
     out = tmp_path / "headlines"
     argv = ["run", "--task", "summarization", "--dataset", "bbc_news", "--out", str(out)]
-    argv += ["--train-samples", "120", "--validation-samples", "10", "--test-samples", "40"]
+    argv += ["--train-samples", "120", "--validation-samples", "10", "--test-samples", "24"]
+    argv += ["--max-new-tokens", "24"]  # headlines run 10-15 tokens; the base rambles to the cap
     assert main(argv) == 0
     record = json.loads((out / "run.json").read_text())
     before, after = record["before"], record["after"]
-    assert after["rouge1"] >= 1.6 * before["rouge1"]
+    assert after["rouge1"] >= before["rouge1"] + 0.05  # measured +0.080 and +0.094 (seeds 0, 1)
     assert after["perplexity"] < before["perplexity"] / 3
     assert after["gen_len"] < before["gen_len"]  # headlines, not rambling paragraphs
 
