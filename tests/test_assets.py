@@ -94,3 +94,18 @@ def test_list_commands(capsys):
     assert main(["models"]) == 0 and "smollm2-135m" in capsys.readouterr().out
     assert main(["datasets"]) == 0 and "bbc_news" in capsys.readouterr().out
     assert main(["methods"]) == 0 and "lora" in capsys.readouterr().out
+
+
+def test_a_command_starts_without_warnings_users_cannot_act_on():
+    """peft imports bitsandbytes, which on an AVX512-BF16 CPU warned on every start that
+    an optional kernel from the Hub was missing (peftlab quiets that logger only)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import peftlab, peft, logging; "
+         "print(logging.getLogger('bitsandbytes.backends.cpu.ops').level)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "Failed to load" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "40"  # logging.ERROR: the other bitsandbytes loggers still speak
