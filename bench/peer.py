@@ -2,7 +2,8 @@
 peft `get_peft_model`, with the same model, data, method, hyperparameters, epochs and
 sequence length as the peftlab run it is compared with.
 
-Written as the docs teach it, not tuned: `DataCollatorWithPadding` (encoders) or
+Written as the docs teach it, not tuned: `DataCollatorWithPadding` (encoders, and a
+decoder with the sequence-classification head the docs teach: `score_head`) or
 `DataCollatorForSeq2Seq` (causal LMs, labels padded with -100) for dynamic padding,
 the model's own loss (a causal LM computes logits over the whole vocabulary at every
 position), evaluation on the validation split once per epoch, and for QLoRA
@@ -35,7 +36,10 @@ TARGETS = {
 }
 
 
-def run_peer(case: dict, bf16: bool) -> dict:
+def run_peer(case: dict, bf16: bool, score_head: bool = False) -> dict:
+    """score_head: a decoder classified the way the sequence-classification docs teach it,
+    `AutoModelForSequenceClassification` (a new linear `score` head on the last token,
+    trained with LoRA through peft's SEQ_CLS task), instead of scoring label words."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
         AutoModelForCausalLM,
@@ -56,6 +60,7 @@ def run_peer(case: dict, bf16: bool) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     encoder = case["model"] == "minilm-l6"
+    head = encoder or score_head  # a linear head over the classes, not the LM's words
     kwargs = {}
     if case["method"] == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -63,11 +68,12 @@ def run_peer(case: dict, bf16: bool) -> dict:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
         )
-    if encoder:
+    if head:
         names = dataset.label_names
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(names), id2label=dict(enumerate(names))
+            path, num_labels=len(names), id2label=dict(enumerate(names)), **kwargs
         )
+        model.config.pad_token_id = tokenizer.pad_token_id  # where the last token is
         task_type = "SEQ_CLS"
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -86,10 +92,12 @@ def run_peer(case: dict, bf16: bool) -> dict:
     )
 
     encode = encode_classification if case["task"] == "classification" else encode_headlines
-    splits = {name: encode(tokenizer, dataset, rows, case) for name, rows in dataset.splits.items()}
+    splits = {
+        name: encode(tokenizer, dataset, rows, case, head) for name, rows in dataset.splits.items()
+    }
     collator = (
         DataCollatorWithPadding(tokenizer)
-        if encoder
+        if head
         else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
     )
     with tempfile.TemporaryDirectory() as out:
@@ -124,7 +132,7 @@ def run_peer(case: dict, bf16: bool) -> dict:
     model.eval()
     score = score_classification if case["task"] == "classification" else score_headlines
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        metric = score(model, tokenizer, dataset, case, encoder)
+        metric = score(model, tokenizer, dataset, case, head)
     return {
         "samples_per_s": metrics["train_samples_per_second"],
         "train_runtime_s": metrics["train_runtime"],
@@ -153,9 +161,9 @@ def label_word_ids(tokenizer, dataset) -> list[int]:
     return [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
 
 
-def encode_classification(tokenizer, dataset, rows, case):
+def encode_classification(tokenizer, dataset, rows, case, head: bool):
     max_length = case["max_length"]
-    if case["model"] == "minilm-l6":
+    if head:
         return as_dataset(
             [
                 {**tokenizer(ex.text, truncation=True, max_length=max_length), "labels": ex.label}
@@ -179,7 +187,7 @@ def encode_classification(tokenizer, dataset, rows, case):
     return as_dataset(encoded)
 
 
-def encode_headlines(tokenizer, dataset, rows, case):
+def encode_headlines(tokenizer, dataset, rows, case, head: bool):
     encoded = []
     for ex in rows:
         prompt = headline_prompt(tokenizer, dataset, ex.text, case["max_length"])
@@ -203,13 +211,13 @@ def headline_prompt(tokenizer, dataset, text: str, max_length: int) -> list[int]
 
 
 @torch.inference_mode()
-def score_classification(model, tokenizer, dataset, case, encoder) -> float:
+def score_classification(model, tokenizer, dataset, case, head) -> float:
     rows = dataset.splits["test"]
     correct = 0
-    words = None if encoder else label_word_ids(tokenizer, dataset)
+    words = None if head else label_word_ids(tokenizer, dataset)
     for start in range(0, len(rows), 32):
         chunk = rows[start : start + 32]
-        if encoder:
+        if head:
             texts = [ex.text for ex in chunk]
         else:
             texts = [dataset.template.replace("{text}", ex.text) for ex in chunk]
@@ -217,7 +225,7 @@ def score_classification(model, tokenizer, dataset, case, encoder) -> float:
             texts, truncation=True, max_length=case["max_length"], padding=True, return_tensors="pt"
         )
         logits = model(**batch).logits
-        if not encoder:  # the next-token logits after each row's last real token
+        if not head:  # the next-token logits after each row's last real token
             last = batch["attention_mask"].sum(-1) - 1
             logits = logits[torch.arange(len(chunk)), last][:, words]
         preds = logits.argmax(-1)
@@ -226,7 +234,7 @@ def score_classification(model, tokenizer, dataset, case, encoder) -> float:
 
 
 @torch.inference_mode()
-def score_headlines(model, tokenizer, dataset, case, encoder) -> float:
+def score_headlines(model, tokenizer, dataset, case, head) -> float:
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)

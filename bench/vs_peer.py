@@ -11,7 +11,9 @@ For each case the three pipelines run alternately (the order rotates every round
 in a fresh process so memory peaks and warm caches do not leak between them:
 - `peftlab`: `peftlab run` with its defaults (bf16 autocast where the CPU has it);
 - `peer`: Trainer + peft in Trainer's default precision (fp32);
-- `peer_bf16`: the same with `bf16=True`, what a well-read user would try on this CPU.
+- `peer_bf16`: the same with `bf16=True`, what a well-read user would try on this CPU;
+- `peer_score` (decoder classification only): the way the docs teach classification with
+  a decoder, `AutoModelForSequenceClassification` (a new `score` head) + LoRA, fp32.
 Reported per pipeline (medians over rounds): train samples/s (training phase wall time,
 with the validation it runs), peak RSS during training, the final test metric, and the
 model FLOPs utilisation: achieved training FLOP/s over this machine's measured dense
@@ -27,11 +29,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-PIPELINES = ("peftlab", "peer", "peer_bf16")
+PIPELINES = ("peftlab", "peer", "peer_bf16", "peer_score")
 
 # Same model, data, method, hyperparameters, epochs and sequence length in every pipeline.
 COMMON = {"seed": 0, "batch_size": 8, "max_length": 128, "method": "lora", "lr": 5e-4}
@@ -74,6 +75,12 @@ CASES = {
         "metric": "rouge1",
     },
 }
+
+
+def pipelines_for(case: dict) -> tuple[str, ...]:
+    """The score-head peer where it means something: a decoder classifying."""
+    decoder_classification = case["task"] == "classification" and case["model"] != "minilm-l6"
+    return PIPELINES if decoder_classification else PIPELINES[:3]
 
 
 def case_config(name: str) -> dict:
@@ -125,7 +132,7 @@ def measure_one(case_name: str, pipeline: str) -> dict:
         sys.path.insert(0, str(HERE))
         from peer import run_peer
 
-        result = run_peer(case, bf16=pipeline == "peer_bf16")
+        result = run_peer(case, bf16=pipeline == "peer_bf16", score_head=pipeline == "peer_score")
         result["precision"] = "bf16" if pipeline == "peer_bf16" else "fp32"
     result["train_flops_per_sample"] = train_flops_per_sample(case)
     return result
@@ -188,22 +195,14 @@ def lora_parameters(config, case: dict, rank: int = 8) -> int:
 
 
 def matmul_peak() -> dict:
-    """Best dense matmul throughput (GFLOP/s) of this machine, fp32 and bf16."""
+    """This machine's dense matmul peak (GFLOP/s), fp32 and bf16, measured as every run's
+    MFU measures it (training/flops.py), with the threads this process uses."""
     import torch
 
-    peaks = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        best = 0.0
-        for n in (1024, 2048):
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            a @ b
-            for _ in range(3):
-                started = time.perf_counter()
-                for _ in range(5):
-                    a @ b
-                best = max(best, 5 * 2 * n**3 / (time.perf_counter() - started))
-        peaks[name] = round(best / 1e9, 1)
-    return peaks
+    from peftlab.training.flops import measure_peak
+
+    threads, cpu = torch.get_num_threads(), torch.device("cpu")
+    return {p: round(measure_peak(p, threads, cpu) / 1e9, 1) for p in ("fp32", "bf16")}
 
 
 # ---------------------------------------------------------------- the driver
@@ -239,7 +238,7 @@ def summarize(runs: list[dict], peak: dict) -> dict:
 def ratios(results: dict) -> dict:
     ours = results["peftlab"]
     out = {}
-    for peer in ("peer", "peer_bf16"):
+    for peer in (p for p in PIPELINES[1:] if p in results):
         theirs = results[peer]
         out[f"vs_{peer}"] = {
             "samples_per_s": round(ours["samples_per_s"] / theirs["samples_per_s"], 3),
@@ -280,9 +279,11 @@ def main() -> int:
     slot["machine"] = {**info, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peak}
     rounds = 1 if args.quick else args.rounds
     for case in cases:
-        runs: dict[str, list] = {p: [] for p in PIPELINES}
+        pipelines = pipelines_for(case_config(case))
+        runs: dict[str, list] = {p: [] for p in pipelines}
         for round_ in range(rounds):
-            order = PIPELINES[round_ % 3 :] + PIPELINES[: round_ % 3]
+            turn = round_ % len(pipelines)
+            order = pipelines[turn:] + pipelines[:turn]
             for pipeline in order:
                 result = run_in_process(case, pipeline)
                 runs[pipeline].append(result)
@@ -336,7 +337,7 @@ def table(report: dict) -> str:
     ]
     for key, slot in report["machines"].items():
         for case, entry in slot["cases"].items():
-            for p in PIPELINES:
+            for p in (p for p in PIPELINES if p in entry):
                 e = entry[p]
                 ratios = entry["ratios"]
                 ratio = "" if p == "peftlab" else f"{ratios[f'vs_{p}']['samples_per_s']:.2f}x"

@@ -14,7 +14,7 @@ def entry(speed: float) -> dict:
     peers = {p: {**one, "precision": "fp32"} for p in vs_peer.PIPELINES}
     return {
         **peers,
-        "ratios": {"vs_peer": {"samples_per_s": 1.5}, "vs_peer_bf16": {"samples_per_s": 1.2}},
+        "ratios": {f"vs_{p}": {"samples_per_s": 1.5} for p in vs_peer.PIPELINES[1:]},
     }
 
 

@@ -234,10 +234,7 @@ class Fit:
             (w[0] for w in windows), key=lambda b: sum(self.lengths[i] for i in b) / len(b)
         )
         indices = batches[len(batches) // 2]
-        batch = {
-            k: v.to(self.accelerator.device)
-            for k, v in self.task.collate([self.train_items[j] for j in indices]).items()
-        }
+        batch = device_batch(self.task, self.train_items, indices, self.accelerator.device)
         feeding = frozen.feeding(indices, batch["attention_mask"]) if frozen else None
         device = self.accelerator.device
         counted = flops.count_flops(
@@ -466,6 +463,11 @@ def cache_frozen_layers(accelerator, model, task, items, args, repeats: bool, lo
     return built
 
 
+def device_batch(task, items, indices: list[int], device) -> dict:
+    """The task's batch of items[indices], on the device."""
+    return {k: v.to(device) for k, v in task.collate([items[j] for j in indices]).items()}
+
+
 def train_step(
     model, task, items, window, optimizer, scheduler, accelerator, args, frozen=None, hooks=None
 ) -> float:
@@ -481,10 +483,7 @@ def train_step(
     total = max(1, sum(units))
     loss_sum = 0.0
     for i, indices in enumerate(window):
-        batch = {
-            k: v.to(accelerator.device)
-            for k, v in task.collate([items[j] for j in indices]).items()
-        }
+        batch = device_batch(task, items, indices, accelerator.device)
         last = i == len(window) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         feeding = (
