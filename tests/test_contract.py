@@ -25,8 +25,11 @@ from peftlab.methods.switching import base_model, merge_method
 # DistilBERT takes no key/value cache for prefixes.
 BIAS_ONLY = ("bitfit", "beft")
 REFUSED = {(name, arch): "no bias terms" for arch in ("llama", "gemma", "t5") for name in BIAS_ONLY}
-for _name in ("loha", "lokr", "oft", "boft", "hra", "c3a", "miss", "shira", "beft"):
+_CONV1D = ("loha", "lokr", "oft", "boft", "hra", "c3a", "miss", "shira", "beft")
+for _name in (*_CONV1D, "delora", "psoft", "supertuning"):
     REFUSED[_name, "gpt2"] = "Conv1D.* is not supported|Conv1D'> not supported"  # peft's words
+REFUSED["glora", "gpt2"] = "Conv1D.* is not a plain torch.nn.Linear"
+REFUSED["peanut", "gpt2"] = "does not support target modules of type .*Conv1D"
 REFUSED["prefix", "distilbert"] = "past_key_values"
 for _arch in ("t5", "bart"):  # their ForSequenceClassification takes no virtual tokens
     for _name in ("prefix", "prompt", "ptuning"):

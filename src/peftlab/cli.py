@@ -257,19 +257,20 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from peftlab.methods.registry import METHODS
 
+    width = max(len(name) for name in METHODS)  # names line up, however long
     if args.spaces:
         from peftlab.comparison.tuning import FIELDS, space
 
         for method in METHODS:
             for name, r in space(method, list(FIELDS)).items():
                 source = f"  ({r.source})" if r.source else ""
-                print(f"{method:10s} {name:18s} {r.describe()}{source}")
+                print(f"{method:{width}s} {name:18s} {r.describe()}{source}")
         return 0
     for method in METHODS.values():
         merge = "merges" if not method.merge else "no merge"
         print(
-            f"{method.name:10s} {method.family:13.13s} {merge:8s} lr {method.default_lr:<7g} "
-            f"{method.description}"
+            f"{method.name:{width}s} {method.family:13.13s} {merge:8s} "
+            f"lr {method.default_lr:<7g} {method.description}"
         )
     from peftlab.methods.peft_tuners import NOT_REGISTERED
 
