@@ -208,6 +208,15 @@ TUNERS = [
         family="sparse",
     ),
     Tuner(
+        "osf",
+        "OSF",
+        "OSF: each weight's top singular directions frozen, the rest of its SVD trains "
+        "(orthogonal subspace fine-tuning, peft 0.21)",
+        {"effective_rank": 0.75},  # a quarter of each weight's rank trains
+        default_lr=1e-4,
+        family="orthogonal",
+    ),
+    Tuner(
         "deft",
         "DEFT",
         "DEFT: a low-rank subspace of each weight removed and a trained one injected "
@@ -312,12 +321,28 @@ def attach_tuner(tuner: Tuner, model, args: MethodArgs, info: ModelInfo):
         values.setdefault("fan_in_fan_out", fan_in_fan_out(model, names))
     try:
         config = config_class(target_modules=names, task_type=peft_task_type(info), **values)
-        return wrap_peft(model, config, info)
+        wrapped = wrap_peft(model, config, info)
     except (ValueError, TypeError, NotImplementedError, RuntimeError, AttributeError) as exc:
         raise PeftlabError(
             f"peft's {tuner.name} cannot attach to this {info.model_type} model "
             f"({type(exc).__name__}: {first_line(exc)}); try --peft-options, or another method"
         ) from None
+    refuse_if_untrained(tuner, wrapped, model, names, info)
+    return wrapped
+
+
+def refuse_if_untrained(tuner: Tuner, wrapped, base, names: list[str], info: ModelInfo) -> None:
+    """Some tuners skip module types they do not take without a word (OSF and GPT-2's
+    Conv1D): a run that would train nothing of the method's own is refused instead.
+    `base`: the model peft wrapped (in place), where the skipped modules still are."""
+    prefix = parameter_prefix(tuner)
+    if any(prefix in n and p.requires_grad for n, p in wrapped.named_parameters()):
+        return
+    kinds = sorted({type(base.get_submodule(n)).__name__ for n in names})
+    raise PeftlabError(
+        f"peft's {tuner.name} attached to none of the selected modules of this "
+        f"{info.model_type} model (their type: {', '.join(kinds)}); choose another method"
+    )
 
 
 def tuner_method(tuner: Tuner, loop_hooks=None) -> Method:
@@ -345,10 +370,6 @@ NOT_REGISTERED = {
     "road": "needs out_features divisible by its group size (64); the tiny test models are "
     "narrower, so it cannot pass the contract here",
     "waveft": "its default frequency count exceeds small layers' sizes; not tuned yet",
-    "osf": "passes the contract in fp32, but a bf16 run stops at its first backward pass: "
-    "its gradient hooks return bf16 gradients for fp32 parameters under autocast "
-    "('hook has changed the type of value', peft 0.21.2); it also skips GPT-2's Conv1D "
-    "without a word",
     "pvera": "a reloaded adapter does not reproduce the trained outputs (peft 0.21.2)",
     "shadow": "fails on these models in peft 0.21.2 ('ShadowCarrier' object has no attribute "
     "'view')",

@@ -35,8 +35,10 @@ def count_flops(model, task, batch: dict, precision: str, device, feeding=None) 
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with counter, feeding or contextlib.nullcontext(), autocast(precision, device):
-            task.loss(model, batch).backward()
+        with counter:
+            with feeding or contextlib.nullcontext(), autocast(precision, device):
+                loss = task.loss(model, batch)
+            loss.backward()  # outside autocast, as the training step runs it
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

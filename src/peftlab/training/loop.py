@@ -489,9 +489,12 @@ def train_step(
         feeding = (
             frozen.feeding(indices, batch["attention_mask"]) if frozen else contextlib.nullcontext()
         )
-        with sync, feeding, autocast(args.precision, accelerator.device):
-            loss = task.loss(model, batch)
-            term = extra_loss() if extra_loss else 0.0
+        with sync:
+            with feeding, autocast(args.precision, accelerator.device):
+                loss = task.loss(model, batch)
+                term = extra_loss() if extra_loss else 0.0
+            # Backward outside autocast, as torch's AMP recipe says: its ops take the
+            # forward's dtypes anyway, and gradient hooks see the parameters' own dtype.
             accelerator.backward((loss + term) * units[i] / total)
         loss_sum += loss.item() * units[i]
     if args.max_grad_norm:
