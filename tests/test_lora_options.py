@@ -127,13 +127,26 @@ def test_lora_fa_refuses_what_it_cannot_keep(tiny_llama, sentiment_csv, tmp_path
     assert "only lora, dora, qlora take it" in capsys.readouterr().err
 
 
+def training_batches(built):
+    items = built.task.encode(built.dataset.splits["train"])
+
+    def batches(size: int = 8) -> list[dict]:
+        return [built.task.collate(items[i : i + size]) for i in range(0, len(items), size)]
+
+    return batches
+
+
 @pytest.mark.parametrize(
-    ("arch", "init"), [("llama", "pissa"), ("llama", "olora"), ("gpt2", "pissa"), ("t5", "pissa")]
+    ("arch", "init"),
+    [
+        *[("llama", "pissa"), ("llama", "olora"), ("gpt2", "pissa"), ("t5", "pissa")],
+        *[("llama", "corda"), ("gpt2", "corda"), ("t5", "corda")],
+    ],
 )
 def test_residual_inits_keep_the_contract_and_save_a_lora_of_the_original_base(
     arch, init, tiny_model, sentiment_csv, tmp_path
 ):
-    """PiSSA and OLoRA move part of each base weight into the pair: the switched-off model
+    """PiSSA, OLoRA and CorDA move part of each base weight into the pair: the switched-off model
     is still exactly the base (the residual plus the initial pair), and the saved adapter is
     a plain LoRA of twice the rank that reproduces the trained model on the original base."""
     from test_contract import (
@@ -142,7 +155,12 @@ def test_residual_inits_keep_the_contract_and_save_a_lora_of_the_original_base(
         save_reload_reproduces_outputs,
     )
 
+    from peftlab.methods.residual_init import corda_start
+    from peftlab.training.hooks import RunStart
+
     built = Built(tiny_model(arch), sentiment_csv, "lora", lora_r=4, lora_init=init)
+    if init == "corda":  # from the training inputs, before the first step (the loop's start)
+        corda_start(built.model, RunStart(10, training_batches(built), built.task.loss))
     stored = {n: p for n, p in built.model.named_parameters() if n.endswith("base_layer.weight")}
     original = dict(built.base.named_parameters())
     assert any(not torch.equal(p, original[n.replace("base_model.model.", "").replace(
@@ -163,23 +181,27 @@ def test_residual_inits_are_refused_on_qlora_and_dora(tiny_llama, sentiment_csv,
     assert "method.lora_init" in capsys.readouterr().err
     assert main([*argv[:-1], "dora", "--lora-init", "olora"]) == 2
     assert "starts lora only" in capsys.readouterr().err
+    assert main([*argv[:-1], "dora", "--lora-init", "corda"]) == 2
+    assert "starts lora only" in capsys.readouterr().err
 
 
-def test_a_pissa_run_scores_the_true_base_and_its_adapter_predicts(
+def test_pissa_and_corda_runs_score_the_true_base_and_their_adapters_predict(
     tiny_llama, sentiment_csv, tmp_path
 ):
     from peftlab.adapters.inference import Predictor
     from peftlab.adapters.package import open_package
 
     records = {}
-    for init in ("default", "pissa"):
+    for init in ("default", "pissa", "corda"):
         out = tmp_path / init
         argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--lora-init", init]
         argv += ["--precision", "fp32"]  # bf16 rounds W_res + s B0 A0 unlike W
         assert main([*argv, "--epochs", "2", "--lr", "1e-2", *tiny.ALL_ROWS]) == 0
         records[init] = json.loads((out / "run.json").read_text())
     before = [records[i]["before"]["loss"] for i in records]
-    assert before[0] == pytest.approx(before[1], abs=1e-5)  # the base, not the residual
+    assert before[1:] == pytest.approx(before[:2], abs=1e-5)  # the base, not the residual
+    assert records["corda"]["forgetting"]["value"] != 0  # measured against the true base
     texts = ["a wonderful film", "a dull, tiresome mess"]
-    predicted = Predictor(open_package(tmp_path / "pissa" / "adapter")).predict(texts)
-    assert len(predicted) == 2 and all("label" in p for p in predicted)
+    for init in ("pissa", "corda"):
+        predicted = Predictor(open_package(tmp_path / init / "adapter")).predict(texts)
+        assert len(predicted) == 2 and all("label" in p for p in predicted)

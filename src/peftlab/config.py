@@ -25,7 +25,7 @@ import yaml
 
 from peftlab.errors import ConfigError
 
-LORA_INITS = ("default", "gaussian", "eva", "pissa", "olora")
+LORA_INITS = ("default", "gaussian", "eva", "pissa", "olora", "corda")
 PRECISIONS = ("auto", "fp32", "bf16")  # training/precision.py resolves "auto"
 
 
@@ -190,9 +190,10 @@ class MethodArgs:
         "LoRA, DoRA, QLoRA: how the low-rank pair starts: default (A random, B zero), "
         "gaussian, eva (from the principal directions of the training data's "
         "activations, ranks redistributed by explained variance; Paischer et al. 2024), "
-        "pissa (the weight's top singular vectors, Meng et al. 2024) or olora (its QR "
-        "factors, Buyukakyuz 2024); pissa and olora start lora only and are saved as a "
-        "plain LoRA of the original base, of twice the rank.",
+        "pissa (the weight's top singular vectors, Meng et al. 2024), olora (its QR "
+        "factors, Buyukakyuz 2024) or corda (the weight's singular vectors weighted by the "
+        "training data's input covariance, Yang et al. 2024); pissa, olora and corda start "
+        "lora only and are saved as a plain LoRA of the original base, of twice the rank.",
         choices=LORA_INITS,
     )
     target_modules: list[str] | None = arg(

@@ -10,7 +10,7 @@ import torch
 from peftlab.config import MethodArgs, RunConfig, TrainArgs
 from peftlab.errors import ConfigError
 from peftlab.methods.common import fan_in_fan_out, peft_method, peft_task_type, targets, wrap_peft
-from peftlab.methods.residual_init import RESIDUAL_INITS, keep_initial_pair
+from peftlab.methods.residual_init import RESIDUAL_INITS, corda_start, keep_initial_pair
 from peftlab.models.loading import ModelInfo
 from peftlab.training.hooks import LoopHooks
 
@@ -44,10 +44,10 @@ def lora_config(model, args: MethodArgs, info: ModelInfo, **extra):
 
 
 def lora_hooks(args: MethodArgs) -> LoopHooks | None:
-    """What LoRA's options add to the loop: LoRA+'s rates and EVA's data pass; None when
-    neither is on."""
+    """What LoRA's options add to the loop: LoRA+'s rates, the data pass of EVA or CorDA,
+    LoRA-FA's optimizer; None when none is on."""
     scale = lora_plus(args)
-    start = eva_start if args.lora_init == "eva" else None
+    start = {"eva": eva_start, "corda": corda_start}.get(args.lora_init)
     optimizer = partial(lora_fa_optimizer, args) if args.lora_fa else None
     if not (scale or start or optimizer):
         return None

@@ -79,10 +79,10 @@ def check_method_args(cfg: RunConfig) -> None:
 
 
 def check_residual_init(m) -> None:
-    """PiSSA and OLoRA move part of each base weight into the adapter, saved as a plain
+    """PiSSA, OLoRA and CorDA move part of each base weight into the adapter, saved as a plain
     LoRA s (B A - B0 A0): a quantized base cannot hold the residual exactly, and DoRA's
     output is not linear in B A, so neither converts."""
-    if m.name != "lora" and m.lora_init in ("pissa", "olora"):
+    if m.name != "lora" and m.lora_init in ("pissa", "olora", "corda"):
         raise ConfigError(
             "method.lora_init",
             m.lora_init,

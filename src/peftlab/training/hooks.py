@@ -18,7 +18,7 @@ class RunStart:
     """What a method may read before the first step (and before the optimizer exists)."""
 
     total_steps: int
-    batches: Callable  # () -> the training examples collated in batches, in order
+    batches: Callable  # (size=batch size) -> the training examples collated, in order
     forward: Callable  # (model, batch) -> the task's loss: a forward pass as training runs it
 
 

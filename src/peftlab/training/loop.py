@@ -169,9 +169,9 @@ class Fit:
         self.checkpoints: Checkpoints | None = None
 
     def run_start(self) -> RunStart:
-        size, items = self.args.batch_size, self.train_items
+        items = self.train_items
 
-        def batches() -> list[dict]:
+        def batches(size: int = self.args.batch_size) -> list[dict]:
             return [self.task.collate(items[i : i + size]) for i in range(0, len(items), size)]
 
         return RunStart(self.total_steps, batches, self.task.loss)
