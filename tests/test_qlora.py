@@ -29,3 +29,37 @@ def test_the_compute_dtype_follows_the_precision(tiny_llama, sentiment_csv, prec
     built.cfg.train.precision = precision
     config = METHODS["qlora"].load_kwargs(built.cfg)["quantization_config"]
     assert config.bnb_4bit_compute_dtype == dtype and config.bnb_4bit_use_double_quant
+
+
+def test_loftq_starts_the_pair_from_what_quantization_lost(
+    tiny_llama, sentiment_csv, capsys, tmp_path
+):
+    """LoftQ: in every 4-bit layer, the quantized weight plus the scaled starting pair is
+    nearer the original weight than the quantized weight alone; the base stays 4-bit, so
+    the adapter switched off is that base."""
+    import bitsandbytes as bnb
+    import tiny
+    from peft.tuners.lora import Linear4bit
+    from safetensors.torch import load_file
+    from test_contract import disabled_model_equals_base
+
+    from peftlab.cli import main
+
+    built = Built(tiny_llama, sentiment_csv, "qlora", lora_r=8, lora_init="loftq")
+    originals = load_file(str(tiny_llama / "model.safetensors"))
+    before = after = 0.0
+    for name, layer in built.model.named_modules():
+        if isinstance(layer, Linear4bit):
+            weight = layer.get_base_layer().weight
+            lost = originals[name.removeprefix("base_model.model.") + ".weight"].float()
+            lost -= bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+            pair = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+            before += lost.norm().item()
+            after += (lost - layer.scaling["default"] * pair).norm().item()
+    assert 0 < after < 0.9 * before, (before, after)  # rank 8 of 64: measured -22%
+    assert quant_states(built.model)  # still a 4-bit base
+    disabled_model_equals_base(built)
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, tmp_path / "run"), "--lora-init", "loftq"]
+    assert main(argv) == 2 and "use --method qlora" in capsys.readouterr().err
+    assert main([*argv, "--method", "qlora", "--quant-bits", "8"]) == 2
+    assert "--quant-bits 4" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import yaml
 
 from peftlab.errors import ConfigError
 
-LORA_INITS = ("default", "gaussian", "eva", "pissa", "olora", "corda")
+LORA_INITS = ("default", "gaussian", "eva", "pissa", "olora", "corda", "loftq")
 PRECISIONS = ("auto", "fp32", "bf16")  # training/precision.py resolves "auto"
 
 
@@ -193,7 +193,9 @@ class MethodArgs:
         "pissa (the weight's top singular vectors, Meng et al. 2024), olora (its QR "
         "factors, Buyukakyuz 2024) or corda (the weight's singular vectors weighted by the "
         "training data's input covariance, Yang et al. 2024); pissa, olora and corda start "
-        "lora only and are saved as a plain LoRA of the original base, of twice the rank.",
+        "lora only and are saved as a plain LoRA of the original base, of twice the rank; "
+        "loftq (qlora, 4-bit: the pair starts as the low-rank part of the quantization "
+        "error, Li et al. 2023).",
         choices=LORA_INITS,
     )
     target_modules: list[str] | None = arg(

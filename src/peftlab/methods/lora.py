@@ -138,7 +138,42 @@ def attach_qlora(model, args: MethodArgs, info: ModelInfo):
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return wrap_peft(model, lora_config(model, args, info), info)
+    model = wrap_peft(model, lora_config(model, args, info), info)
+    if args.lora_init == "loftq":
+        loftq_start(model)
+    return model
+
+
+def loftq_start(model) -> None:
+    """LoftQ (Li et al. 2023) on a base already in 4 bits: each pair starts as the best
+    rank-r fit of what quantization took from its weight (the original read from the
+    model's safetensors files), so training starts nearer the unquantized model; the base
+    stays quantized, and the adapter is an ordinary one for the same 4-bit base.
+
+    peft's replace_lora_weights_loftq does this on CUDA or XPU only and fits B A without
+    LoRA's scaling (peft 0.21.2); the same steps run here on the weights' own device with
+    peft's loader and decomposition, fitting s B A to the error."""
+    import os
+
+    import bitsandbytes as bnb
+    from peft.tuners.lora import Linear4bit
+    from peft.utils.loftq_utils import _low_rank_decomposition, _SafetensorLoader
+
+    adapter, prefix = model.active_adapter, "base_model.model."
+    folder = model.get_base_model().config._name_or_path
+    originals = _SafetensorLoader(model, folder if os.path.isdir(folder) else None)
+    with torch.no_grad():
+        for name, layer in model.named_modules():
+            if not isinstance(layer, Linear4bit) or adapter not in layer.r:
+                continue
+            weight = layer.get_base_layer().weight
+            lost = originals.get_tensor(name.removeprefix(prefix) + ".weight").float()
+            lost = lost.to(weight.device) - bnb.functional.dequantize_4bit(
+                weight.data, weight.quant_state
+            ).float()
+            fit = _low_rank_decomposition(lost / layer.scaling[adapter], layer.r[adapter])
+            a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+            a.data, b.data = fit["R"].to(a.dtype), fit["L"].to(b.dtype)
 
 
 METHODS = [

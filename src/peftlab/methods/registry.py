@@ -68,6 +68,7 @@ def check_method_args(cfg: RunConfig) -> None:
             )
     check_lora_fa(m)
     check_residual_init(m)
+    check_loftq(m)
     selective = m.target_modules or m.layers or m.side != "both"
     if not method.layer_selective and selective:
         raise ConfigError(
@@ -88,6 +89,17 @@ def check_residual_init(m) -> None:
             m.lora_init,
             f"{m.lora_init} starts lora only (a quantized base cannot hold its residual "
             "exactly; DoRA's magnitudes do not convert to a plain LoRA); use --method lora",
+        )
+
+
+def check_loftq(m) -> None:
+    """LoftQ fits the pair to what 4-bit quantization lost: it needs a 4-bit base."""
+    if m.lora_init == "loftq" and (m.name != "qlora" or m.quant_bits != 4):
+        raise ConfigError(
+            "method.lora_init",
+            "loftq",
+            "LoftQ starts the pair from a 4-bit base's quantization error: use --method "
+            "qlora with --quant-bits 4",
         )
 
 
