@@ -168,9 +168,10 @@ def loftq_start(model) -> None:
                 continue
             weight = layer.get_base_layer().weight
             lost = originals.get_tensor(name.removeprefix(prefix) + ".weight").float()
-            lost = lost.to(weight.device) - bnb.functional.dequantize_4bit(
-                weight.data, weight.quant_state
-            ).float()
+            lost = (
+                lost.to(weight.device)
+                - bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+            )
             fit = _low_rank_decomposition(lost / layer.scaling[adapter], layer.r[adapter])
             a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
             a.data, b.data = fit["R"].to(a.dtype), fit["L"].to(b.dtype)
