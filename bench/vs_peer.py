@@ -3,6 +3,7 @@
     python bench/vs_peer.py                      # every case, 3 rounds -> bench/results.json
     python bench/vs_peer.py --cases minilm-lora --rounds 1
     python bench/vs_peer.py --quick              # every case, one round
+    python bench/vs_peer.py --cases smollm2-qlora --seeds 0,1,2   # a metric gap, 3 seeds
 
 Results are kept per machine (CPU name and speed flags): another kind of machine adds
 its rows to bench/results.json instead of replacing the ones there.
@@ -11,7 +12,8 @@ For each case the three pipelines run alternately (the order rotates every round
 in a fresh process so memory peaks and warm caches do not leak between them:
 - `peftlab`: `peftlab run` with its defaults (bf16 autocast where the CPU has it);
 - `peer`: Trainer + peft in Trainer's default precision (fp32);
-- `peer_bf16`: the same with `bf16=True`, what a well-read user would try on this CPU;
+- `peer_bf16`: the same with `bf16=True`, what a well-read user would try on a CPU with
+  native bf16 (AVX512-BF16 or AMX; left out elsewhere, where bf16 is emulated);
 - `peer_score` (decoder classification only): the way the docs teach classification with
   a decoder, `AutoModelForSequenceClassification` (a new `score` head) + LoRA, fp32.
 Reported per pipeline (medians over rounds): train samples/s (training phase wall time,
@@ -78,13 +80,20 @@ CASES = {
 
 
 def pipelines_for(case: dict) -> tuple[str, ...]:
-    """The score-head peer where it means something: a decoder classifying."""
+    """The score-head peer where it means something (a decoder classifying), and the bf16
+    peer only where the CPU runs bf16 natively: elsewhere PyTorch emulates it 10-60x
+    slower than fp32, nobody informed picks it, and it would take most of the run."""
+    from peftlab.training.precision import native_bf16
+
     decoder_classification = case["task"] == "classification" and case["model"] != "minilm-l6"
-    return PIPELINES if decoder_classification else PIPELINES[:3]
+    keep = PIPELINES if decoder_classification else PIPELINES[:3]
+    return tuple(p for p in keep if p != "peer_bf16" or native_bf16())
 
 
-def case_config(name: str) -> dict:
+def case_config(name: str, seed: int | None = None) -> dict:
     case = {**COMMON, **CASES[name], "name": name}
+    if seed is not None:
+        case["seed"] = seed
     # --smoke: a tenth of the data, to check that every pipeline runs (numbers mean nothing).
     if os.environ.get("PEFTLAB_BENCH_SMOKE"):
         for key in ("train_samples", "validation_samples", "test_samples"):
@@ -124,8 +133,8 @@ def run_peftlab(case: dict) -> dict:
     }
 
 
-def measure_one(case_name: str, pipeline: str) -> dict:
-    case = case_config(case_name)
+def measure_one(case_name: str, pipeline: str, seed: int | None = None) -> dict:
+    case = case_config(case_name, seed)
     if pipeline == "peftlab":
         result = run_peftlab(case)
     else:
@@ -135,6 +144,7 @@ def measure_one(case_name: str, pipeline: str) -> dict:
         result = run_peer(case, bf16=pipeline == "peer_bf16", score_head=pipeline == "peer_score")
         result["precision"] = "bf16" if pipeline == "peer_bf16" else "fp32"
     result["train_flops_per_sample"] = train_flops_per_sample(case)
+    result["seed"] = case["seed"]
     return result
 
 
@@ -208,9 +218,10 @@ def matmul_peak() -> dict:
 # ---------------------------------------------------------------- the driver
 
 
-def run_in_process(case: str, pipeline: str) -> dict:
+def run_in_process(case: str, pipeline: str, seed: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "--one", case, pipeline, "--result", out.name]
+        command += ["--seed", str(seed)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -230,7 +241,10 @@ def summarize(runs: list[dict], peak: dict) -> dict:
         precision=precision,
         achieved_gflops=round(flops / 1e9, 2),
         mfu=round(flops / 1e9 / peak[precision], 4),
-        rounds=[{k: r[k] for k in ("samples_per_s", "peak_memory_mb", "metric")} for r in runs],
+        rounds=[
+            {k: r.get(k) for k in ("seed", "samples_per_s", "peak_memory_mb", "metric")}
+            for r in runs
+        ],
     )
     return entry
 
@@ -253,6 +267,12 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round per case")
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated seeds, one round each (default: seed 0 every round); "
+        "for metric gaps, where one seed's luck would mislead",
+    )
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument(
         "--smoke", action="store_true", help="a tenth of the data: check the pipelines run"
@@ -261,7 +281,7 @@ def main() -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        Path(args.result).write_text(json.dumps(measure_one(*args.one)))
+        Path(args.result).write_text(json.dumps(measure_one(*args.one, args.seed)))
         return 0
 
     if args.smoke:
@@ -277,15 +297,15 @@ def main() -> int:
     key, info = this_machine()
     slot = report["machines"].setdefault(key, {"cases": {}})
     slot["machine"] = {**info, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peak}
-    rounds = 1 if args.quick else args.rounds
+    seeds = round_seeds(args)
     for case in cases:
         pipelines = pipelines_for(case_config(case))
         runs: dict[str, list] = {p: [] for p in pipelines}
-        for round_ in range(rounds):
+        for round_, seed in enumerate(seeds):
             turn = round_ % len(pipelines)
             order = pipelines[turn:] + pipelines[:turn]
             for pipeline in order:
-                result = run_in_process(case, pipeline)
+                result = run_in_process(case, pipeline, seed)
                 runs[pipeline].append(result)
                 print(
                     f"{case} round {round_ + 1} {pipeline}: {result['samples_per_s']:.2f} "
@@ -295,7 +315,7 @@ def main() -> int:
                 )
         entry = {p: summarize(r, peak) for p, r in runs.items()}
         entry["ratios"] = ratios(entry)
-        entry["config"] = case_config(case)
+        entry["config"] = {**case_config(case), "seeds": seeds}
         slot["cases"][case] = entry
         print(json.dumps({case: entry["ratios"]}), flush=True)
         # Written after every case: an interrupted benchmark keeps what it measured.
@@ -304,6 +324,16 @@ def main() -> int:
         tmp.replace(out)
     print(table(report), flush=True)
     return 0
+
+
+def round_seeds(args) -> list[int]:
+    """One seed per round: --seeds as given, else the case's seed every round."""
+    if args.seeds:
+        try:
+            return [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            sys.exit(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 0,1,2")
+    return [COMMON["seed"]] * (1 if args.quick else args.rounds)
 
 
 def this_machine() -> tuple[str, dict]:

@@ -31,3 +31,29 @@ def test_an_older_file_moves_under_its_own_key_and_a_new_machine_adds_rows(tmp_p
     rows = [line for line in vs_peer.table(report).splitlines() if "minilm-lora" in line]
     assert len(rows) == 2 * len(vs_peer.PIPELINES)  # both machines, each pipeline
     assert {row.split(" | ")[0].strip("| ") for row in rows} == {vs_peer.LEGACY_KEY, key}
+
+
+def test_the_emulated_bf16_peer_runs_only_where_the_cpu_has_bf16(monkeypatch):
+    from peftlab.training import precision
+
+    decoder = vs_peer.case_config("smollm2-lora")
+    for native in (True, False):
+        monkeypatch.setattr(precision, "native_bf16", lambda native=native: native)
+        pipelines = vs_peer.pipelines_for(decoder)
+        assert ("peer_bf16" in pipelines) is native
+        assert {"peftlab", "peer", "peer_score"} <= set(pipelines)
+    assert "peer_score" not in vs_peer.pipelines_for(vs_peer.case_config("minilm-lora"))
+
+
+def test_seeds_give_one_round_each_and_bad_seeds_are_named(capsys):
+    import argparse
+
+    import pytest
+
+    args = argparse.Namespace(seeds="0,1,2", quick=False, rounds=3)
+    assert vs_peer.round_seeds(args) == [0, 1, 2]
+    assert vs_peer.round_seeds(argparse.Namespace(seeds=None, quick=True, rounds=3)) == [0]
+    assert vs_peer.case_config("smollm2-qlora", seed=2)["seed"] == 2
+    with pytest.raises(SystemExit) as stop:
+        vs_peer.round_seeds(argparse.Namespace(seeds="0,one", quick=False, rounds=3))
+    assert "--seeds '0,one'" in str(stop.value)
