@@ -3,6 +3,7 @@ the README's architecture x method table are built from."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -52,6 +53,10 @@ NAMES = {
 }
 
 
+# Bases as loaded, by (model, ModelInfo, labels, seed): fresh_base hands out copies.
+_LOADED: dict[tuple, object] = {}
+
+
 class Built:
     """A tiny model with a method attached, its task, and a batch to compare outputs on."""
 
@@ -89,11 +94,26 @@ class Built:
         return self.fresh_base()
 
     def fresh_base(self, seed: int = 0):
-        seed_everything(seed)  # a new linear head is drawn from the seed
+        """A copy of the base as loaded with `seed` (a new linear head is drawn from it).
+
+        Loaded once per process and copied after: from_pretrained is most of a tiny
+        build's time and the contract suite builds over 500. Quantized bases are loaded
+        each time (bitsandbytes' packed weights are not copied). Seeded again after, so
+        what follows draws the same numbers whether the copy came from the cache or not.
+        """
         extra = self.method.load_kwargs(self.cfg) if self.method.load_kwargs else None
-        return loading.load_model(
-            self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
-        )
+        key = (self.cfg.model.name, self.info, tuple(self.dataset.label_names), seed)
+        if extra or key not in _LOADED:
+            seed_everything(seed)
+            model = loading.load_model(
+                self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
+            )
+            if extra:
+                seed_everything(seed)
+                return model
+            _LOADED[key] = model
+        seed_everything(seed)
+        return copy.deepcopy(_LOADED[key])
 
     def logits(self, model):
         """Classification: label logits; generation: each row's summed target loss."""
