@@ -51,16 +51,18 @@ def test_a_run_records_its_flops_and_mfu_against_a_kept_peak(
     assert json.loads(key)["device"] == env["cpu"] and round(kept[key]) == t["peak_flops_per_s"]
 
 
-def test_the_peak_is_measured_once_per_machine_and_again_on_another(peftlab_home, monkeypatch):
-    measured = []
-    monkeypatch.setattr(flops, "measure_peak", lambda *a: measured.append(a) or 1e9)
+def test_the_kept_peak_is_the_highest_measured_per_machine(peftlab_home, monkeypatch):
+    rates = iter([1e9, 0.5e9, 2e9, 3e9, 4e9])  # a busy moment measures 0.5e9
+    monkeypatch.setattr(flops, "measure_peak", lambda *a, **k: next(rates))
     cpu = torch.device("cpu")
-    assert flops.peak_flops("fp32", 2, cpu) == flops.peak_flops("fp32", 2, cpu) == 1e9
-    assert len(measured) == 1  # kept
-    flops.peak_flops("fp32", 1, cpu)  # another thread count
+    assert flops.peak_flops("fp32", 2, cpu) == 1e9
+    assert flops.peak_flops("fp32", 2, cpu) == 1e9  # busier now: the kept peak stays
+    assert flops.peak_flops("fp32", 2, cpu) == 2e9  # idler: it rises
+    assert flops.peak_flops("fp32", 1, cpu) == 3e9  # another thread count: its own peak
     monkeypatch.setattr(flops, "machine", lambda: {"device": "another CPU", "flags": []})
-    flops.peak_flops("fp32", 2, cpu)  # another machine
-    assert len(measured) == 3
+    assert flops.peak_flops("fp32", 2, cpu) == 4e9  # another machine: its own
+    kept = json.loads((peftlab_home / "peak_flops.json").read_text())
+    assert sorted(kept.values()) == [2e9, 3e9, 4e9]
 
 
 def test_a_real_peak_is_a_plausible_rate():
