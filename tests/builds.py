@@ -102,18 +102,21 @@ class Built:
         what follows draws the same numbers whether the copy came from the cache or not.
         """
         extra = self.method.load_kwargs(self.cfg) if self.method.load_kwargs else None
-        key = (self.cfg.model.name, self.info, tuple(self.dataset.label_names), seed)
-        if extra or key not in _LOADED:
-            seed_everything(seed)
-            model = loading.load_model(
-                self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
-            )
-            if extra:
-                seed_everything(seed)
-                return model
-            _LOADED[key] = model
+        if extra:
+            model = self.load_base(seed, extra)
+        else:
+            key = (self.cfg.model.name, self.info, tuple(self.dataset.label_names), seed)
+            if key not in _LOADED:
+                _LOADED[key] = self.load_base(seed)
+            model = copy.deepcopy(_LOADED[key])
         seed_everything(seed)
-        return copy.deepcopy(_LOADED[key])
+        return model
+
+    def load_base(self, seed: int, extra: dict | None = None):
+        seed_everything(seed)  # a new linear head is drawn from the seed
+        return loading.load_model(
+            self.source, self.info, self.dataset.label_names, self.tokenizer, False, extra
+        )
 
     def logits(self, model):
         """Classification: label logits; generation: each row's summed target loss."""
