@@ -35,11 +35,18 @@ from peftlab.runner.record import RECORD_FILE
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "PEFTLAB_PARENT_PID"
-# What a run imports; the forkserver imports it once (cli.quiet_libraries: the rest).
+# What a run imports; the forkserver imports it once (cli.quiet_libraries: the rest),
+# matplotlib's figure and ticker included (a run's report plots: ~0.5 s each time).
 PRELOAD = ["peftlab.cli", "peftlab.runner.pipeline", "torch", "transformers", "peft", "accelerate"]
+PRELOAD += ["matplotlib.figure", "matplotlib.ticker", "peftlab.comparison.forkserver_ready"]
 # Set per child by child_env(); any other difference means a stale forkserver.
 PER_CHILD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PER_CHILD_ENV += ("CUDA_VISIBLE_DEVICES", PARENT_ENV)
+# Read when a run reads them, never while importing, so a forkserver started under
+# other values serves as well: peftlab's home (assets, the matmul peak) and pytest's
+# marker of the current test (a new value per test: each restarted the forkserver,
+# ~6 s of imports on a 2-core EPYC).
+READ_AT_RUN_TIME = ("PEFTLAB_HOME", "PEFTLAB_DEBUG", "PEFTLAB_ADMIN_TOKEN", "PYTEST_CURRENT_TEST")
 
 
 def bind_to_parent() -> None:
@@ -146,7 +153,8 @@ class Forkserver:
 
     @staticmethod
     def comparable(env) -> dict:
-        return {k: v for k, v in env.items() if k not in PER_CHILD_ENV}
+        ignored = PER_CHILD_ENV + READ_AT_RUN_TIME
+        return {k: v for k, v in env.items() if k not in ignored}
 
     def acquire(self, env) -> bool:
         """True: fork the run from the forkserver (call release() after it)."""
