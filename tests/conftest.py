@@ -19,6 +19,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable
 
 
+def pytest_collection_finish(session):
+    """What every test imports, imported once, then kept out of the cyclic collector's
+    sight (gc.freeze): each run's own gc.collect() (training/resources.py) would scan
+    every module of torch, transformers and peft again, ~0.3 s a run in a test process
+    that holds them all (a real run is one process: it pays that once)."""
+    import gc
+
+    import matplotlib.figure  # noqa: F401  (every run's report plots)
+
+    import peftlab.runner.pipeline  # noqa: F401  (torch, transformers, peft, ...)
+
+    gc.collect()
+    gc.freeze()
+
+
 def once_per_run(tmp_path_factory, name: str, build) -> Path:
     """The folder `build(folder)` fills, built once per test run however many xdist
     workers ask: the others wait on a file lock in the workers' shared temporary root and

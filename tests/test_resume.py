@@ -22,7 +22,7 @@ def settings(model, data, out):
         "--method",
         "lora",
         "--epochs",
-        "6",
+        "3",
         "--batch-size",
         "4",
         "--lr",
