@@ -3,7 +3,9 @@ method to a tiny model of every architecture (builds.CASES).
 
     python tests/support_table.py     # rewrite the table in README.md
 
-tests/test_architectures.py checks that the README holds what this generates.
+The contract suite checks each cell as it builds that case (tests/test_contract.py: the
+same attach, so it is not done twice); tests/test_architectures.py checks the table's
+rows, columns and notes hold together.
 """
 
 from __future__ import annotations
@@ -67,6 +69,28 @@ def generate(folder: Path) -> str:
             refusals.setdefault((m, r), []).append(label)
     notes = [f"- {m} on {', '.join(where)}: {r}" for (m, r), where in refusals.items()]
     return "\n".join(lines) + "\n\nRefused, with the message a user sees:\n\n" + "\n".join(notes)
+
+
+def readme_outcomes(text: str) -> dict[tuple[str, str], str | None]:
+    """(method, case label) -> None where the README's table says yes, else the message
+    its notes give for that cell (the table as generate() writes it)."""
+    table, notes = readme_table(text).split("\n\nRefused, with the message a user sees:\n\n")
+    header, _, *rows = table.splitlines()
+    labels = [cell.strip() for cell in header.strip("|").split("|")[1:]]
+    messages = {}
+    for note in notes.splitlines():
+        method, rest = note.removeprefix("- ").split(" on ", 1)
+        where, message = rest.split(": ", 1)
+        messages.update({(method, label): message for label in where.split(", ")})
+    outcomes = {}
+    for row in rows:
+        method, *marks = [cell.strip() for cell in row.strip("|").split("|")]
+        for label, mark in zip(labels, marks, strict=True):
+            outcomes[method, label] = (
+                messages.get((method, label), "no note") if mark != "yes" else None
+            )
+    assert set(messages) <= set(outcomes), "a note for a cell the table does not have"
+    return outcomes
 
 
 def readme_table(text: str) -> str:

@@ -47,6 +47,8 @@ PER_CHILD_ENV += ("CUDA_VISIBLE_DEVICES", PARENT_ENV)
 # marker of the current test (a new value per test: each restarted the forkserver,
 # ~6 s of imports on a 2-core EPYC).
 READ_AT_RUN_TIME = ("PEFTLAB_HOME", "PEFTLAB_DEBUG", "PEFTLAB_ADMIN_TOKEN", "PYTEST_CURRENT_TEST")
+# The trackers' own settings: a run imports its tracker itself (never preloaded).
+TRACKER_ENV_PREFIXES = ("MLFLOW_", "TRACKIO_", "WANDB_")
 
 
 def bind_to_parent() -> None:
@@ -154,7 +156,11 @@ class Forkserver:
     @staticmethod
     def comparable(env) -> dict:
         ignored = PER_CHILD_ENV + READ_AT_RUN_TIME
-        return {k: v for k, v in env.items() if k not in ignored}
+        return {
+            k: v
+            for k, v in env.items()
+            if k not in ignored and not k.startswith(TRACKER_ENV_PREFIXES)
+        }
 
     def acquire(self, env) -> bool:
         """True: fork the run from the forkserver (call release() after it)."""
