@@ -15,6 +15,10 @@ from peftlab.adapters.package import open_package
 from peftlab.errors import PeftlabError
 from peftlab.serving import start
 
+# These adapters need only to differ from the base, not to be good: one epoch on a few
+# examples (the base and tuned test scores on a few too).
+BRIEF_TRAIN = [*SERVE_TRAIN, "--epochs", "1", "--train-samples", "48", "--test-samples", "8"]
+
 # name -> (method, task): label words for classification, summaries for generation.
 SERVED = {
     "lora-sum": ("lora", "summarization"),
@@ -44,9 +48,7 @@ def served(tiny_llama, sentiment_csv, once):
             if task == "summarization":
                 data = ["--dataset", str(summaries), "--task", "summarization"]
             argv = ["run", "--model", str(tiny_llama), "--method", method, *data]
-            # One epoch: these adapters need only to differ from the base, not to be good.
-            train = [*SERVE_TRAIN, "--epochs", "1"]
-            assert main([*argv, "--out", str(root / name), *train]) == 0
+            assert main([*argv, "--out", str(root / name), *BRIEF_TRAIN]) == 0
         # A plain peft folder, as on the Hub: the LoRA summary adapter without peftlab.json.
         shutil.copytree(root / "lora-sum" / "adapter", root / "plain")
         (root / "plain" / "peftlab.json").unlink()
@@ -125,7 +127,7 @@ def test_linear_head_classifiers_share_an_encoder_each_with_its_own_head(
     }
     folders = {}
     for name, extra in runs.items():
-        argv = ["run", "--model", encoder, "--out", str(tmp_path / name), *SERVE_TRAIN, *extra]
+        argv = ["run", "--model", encoder, "--out", str(tmp_path / name), *BRIEF_TRAIN, *extra]
         assert main(argv) == 0
         folders[name] = str(tmp_path / name / "adapter")
     three_labels = folders.pop("three")
