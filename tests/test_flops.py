@@ -70,6 +70,18 @@ def test_a_real_peak_is_a_plausible_rate():
     assert 1e8 < rate < 1e14  # FLOP/s: any CPU core is between 0.1 GFLOP/s and 100 TFLOP/s
 
 
+def test_emulated_bf16_is_measured_on_a_smaller_matmul(monkeypatch):
+    """bf16 on a CPU without it runs ~1 GFLOP/s: a 1024 matmul took seconds per run."""
+    from peftlab.training import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    assert flops.peak_size("bf16", cpu) == flops.EMULATED_PEAK_SIZE < flops.PEAK_SIZE
+    assert flops.peak_size("fp32", cpu) == flops.PEAK_SIZE
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    assert flops.peak_size("bf16", cpu) == flops.PEAK_SIZE
+
+
 def test_the_leaderboard_shows_compute_and_a_dash_for_older_records():
     from peftlab.comparison.compare_report import cell
     from peftlab.comparison.leaderboard import compute_columns

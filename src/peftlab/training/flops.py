@@ -19,11 +19,15 @@ import torch
 
 from peftlab.data.assets import peftlab_home
 from peftlab.fsutil import write_json_atomic
+from peftlab.training import precision as precisions
 from peftlab.training.precision import autocast, cpu_flags, cpu_name
 
 # The flags that decide a CPU's matmul speed: what a peak is kept under, with its name.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 PEAK_SIZE = 1024  # square matmul: large enough to reach the kernel's steady rate
+# bf16 emulated on a CPU without it (AVX2 EPYC: ~0.7 GFLOP/s) reaches its rate at 256
+# already, where 1024 took 1-3.5 s a matmul, seconds of every forced-bf16 run.
+EMULATED_PEAK_SIZE = 256
 
 
 def count_flops(model, task, batch: dict, precision: str, device, feeding=None) -> int:
@@ -73,11 +77,17 @@ def peak_flops(precision: str, threads: int, device) -> float:
     return kept[key]
 
 
+def peak_size(precision: str, device) -> int:
+    emulated = device.type == "cpu" and not precisions.native_bf16()
+    return EMULATED_PEAK_SIZE if precision == "bf16" and emulated else PEAK_SIZE
+
+
 def measure_peak(precision: str, threads: int, device, repeats: int = 5) -> float:
     """Best of `repeats` square matmuls after a warm-up: 2 n^3 FLOPs each."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device).to(dtype)
-    b = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device).to(dtype)
+    n = peak_size(precision, device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -90,7 +100,7 @@ def measure_peak(precision: str, threads: int, device, repeats: int = 5) -> floa
             best = min(best, time.perf_counter() - started)
     finally:
         torch.set_num_threads(before)
-    return 2 * PEAK_SIZE**3 / best
+    return 2 * n**3 / best
 
 
 def utilization(flops_per_sample: float, samples: int, seconds: float, peak: float) -> dict:
