@@ -196,7 +196,8 @@ def test_pissa_and_corda_runs_score_the_true_base_and_their_adapters_predict(
         out = tmp_path / init
         argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--lora-init", init]
         argv += ["--precision", "fp32"]  # bf16 rounds W_res + s B0 A0 unlike W
-        assert main([*argv, "--epochs", "2", "--lr", "1e-2", *tiny.ALL_ROWS]) == 0
+        # One epoch: what is checked is the base they score and that they predict.
+        assert main([*argv, "--epochs", "1", "--lr", "1e-2", *tiny.ALL_ROWS]) == 0
         records[init] = json.loads((out / "run.json").read_text())
     before = [records[i]["before"]["loss"] for i in records]
     assert before[1:] == pytest.approx(before[:2], abs=1e-5)  # the base, not the residual
