@@ -36,6 +36,12 @@ def outcome(model_dir: Path, data_file: Path, method: str, task: str, head: str)
     return None
 
 
+def shown(message: str, model_dir: Path, arch: str) -> str:
+    """A refusal as the table shows it: messages name the model as given (a temporary
+    folder), shown as its architecture."""
+    return message.replace(str(model_dir), arch)
+
+
 def case_label(arch: str, task: str, head: str) -> str:
     return f"{NAMES[arch]} {'cls' if task == 'classification' else 'sum'}" + (
         " linear" if head == "linear" else ""
@@ -56,8 +62,7 @@ def generate(folder: Path) -> str:
             models[arch] = tiny.make_model(folder / arch, arch)
         for m in METHODS:
             r = outcome(models[arch], data_files[task], m, task, head)
-            # Messages name the model as given: here a temporary folder, shown as the arch.
-            results[m, case_label(arch, task, head)] = r and r.replace(str(models[arch]), arch)
+            results[m, case_label(arch, task, head)] = r and shown(r, models[arch], arch)
     labels = [case_label(*c) for c in cases]
     lines = ["| method | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
     for m in METHODS:
