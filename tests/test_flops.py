@@ -54,6 +54,7 @@ def test_a_run_records_its_flops_and_mfu_against_a_kept_peak(
 def test_the_kept_peak_is_the_highest_measured_per_machine(peftlab_home, monkeypatch):
     rates = iter([1e9, 0.5e9, 2e9, 3e9, 4e9])  # a busy moment measures 0.5e9
     monkeypatch.setattr(flops, "measure_peak", lambda *a, **k: next(rates))
+    monkeypatch.setattr(flops, "REMEASURE_AFTER_S", 0.0)  # every call measures
     cpu = torch.device("cpu")
     assert flops.peak_flops("fp32", 2, cpu) == 1e9
     assert flops.peak_flops("fp32", 2, cpu) == 1e9  # busier now: the kept peak stays
@@ -63,6 +64,18 @@ def test_the_kept_peak_is_the_highest_measured_per_machine(peftlab_home, monkeyp
     assert flops.peak_flops("fp32", 2, cpu) == 4e9  # another machine: its own
     kept = json.loads((peftlab_home / "peak_flops.json").read_text())
     assert sorted(kept.values()) == [2e9, 3e9, 4e9]
+
+
+def test_a_process_measures_each_peak_at_most_once_a_minute(peftlab_home, monkeypatch):
+    measured = []
+    monkeypatch.setattr(flops, "measure_peak", lambda *a, **k: measured.append(a) or 1e9)
+    monkeypatch.setattr(flops, "_measured_at", {})
+    cpu = torch.device("cpu")
+    assert flops.peak_flops("fp32", 2, cpu) == flops.peak_flops("fp32", 2, cpu) == 1e9
+    assert len(measured) == 1  # the second run of the minute reads the kept peak
+    assert flops.peak_flops("fp32", 1, cpu) == 1e9 and len(measured) == 2  # its own key
+    monkeypatch.setattr(flops, "REMEASURE_AFTER_S", 0.0)  # a minute later
+    assert flops.peak_flops("fp32", 2, cpu) == 1e9 and len(measured) == 3
 
 
 def test_a_real_peak_is_a_plausible_rate():

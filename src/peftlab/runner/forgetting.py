@@ -15,12 +15,14 @@ figure is what the tuning changed. `--forgetting-data FILE` picks other text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 
 import torch
 
 from peftlab.data import sources
+from peftlab.data.assets import BUILTIN_DATASETS
 from peftlab.methods.switching import base_model
 from peftlab.training import threads
 from peftlab.training.precision import autocast
@@ -31,15 +33,27 @@ BATCH = 8  # texts per forward pass
 
 def general_texts(dataset_name: str, source: str | None, count: int) -> list[str]:
     """`count` texts of general English, the same ones for every run of a task."""
+    name = source or ("rotten_tomatoes" if dataset_name == "bbc_news" else "bbc_news")
+    if name in BUILTIN_DATASETS:  # read once a process: they cannot change under it
+        return list(builtin_texts(name)[:count])
+    return texts_of(name)[:count]
+
+
+@functools.cache
+def builtin_texts(name: str) -> tuple[str, ...]:
+    return tuple(texts_of(name))
+
+
+def texts_of(name: str) -> list[str]:
+    """Every non-empty text of a dataset, in the probe's fixed shuffled order."""
     from peftlab.errors import DataError
 
-    name = source or ("rotten_tomatoes" if dataset_name == "bbc_news" else "bbc_news")
     frames = list(sources.load_source(name).frames.values())
     if not all("text" in frame.columns for frame in frames):
         raise DataError(f"data.forgetting_data '{name}' needs a 'text' column")
     texts = [str(t) for frame in frames for t in frame["text"] if str(t).strip()]
     random.Random(SAMPLE_SEED).shuffle(texts)
-    return texts[:count]
+    return texts
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
