@@ -4,9 +4,8 @@ The first is `peftlab run` with its defaults (what `make demo` runs: SmolLM2-135
 zero-shot on Rotten Tomatoes, then LoRA) on 400 training examples instead of 1,000, so
 the suite stays in budget on a CPU without bf16; the README's numbers come from the full
 default. The summarization test is the README's bbc_news headline run on a smaller budget.
-Measured on 2 cores (AVX512-BF16 CPU): fp32 0.7967 -> 0.8533, bf16 0.8033 -> 0.8533;
-headlines at 120 examples, 24 articles, 24 new tokens (bf16), seeds 0 and 1: ROUGE-1
-0.117 -> 0.197 and 0.211, perplexity 166 -> 27, 24 -> 12 tokens generated.
+Measured on 2 cores (AVX512-BF16 CPU): fp32 0.7967 -> 0.8533, bf16 0.8033 -> 0.8533.
+The headline run's figures are beside it.
 """
 
 import json
@@ -74,10 +73,15 @@ def test_smollm2_learns_to_write_bbc_headlines(tmp_path):
     argv = ["run", "--task", "summarization", "--dataset", "bbc_news", "--out", str(out)]
     argv += ["--train-samples", "120", "--validation-samples", "10", "--test-samples", "24"]
     argv += ["--max-new-tokens", "24"]  # headlines run 10-15 tokens; the base rambles to the cap
+    # An article's first 64 tokens carry its headline: training costs half of 128's (AVX2
+    # EPYC, fp32: 115 s for the whole test against 173 s).
+    argv += ["--max-length", "64"]
     assert main(argv) == 0
     record = json.loads((out / "run.json").read_text())
     before, after = record["before"], record["after"]
-    assert after["rouge1"] >= before["rouge1"] + 0.05  # measured +0.080 and +0.094 (seeds 0, 1)
+    # Measured at 64 tokens (AVX2 EPYC, fp32), seeds 0 and 1: ROUGE-1 0.140 -> 0.218 and
+    # 0.216, perplexity 199 -> 30 and 31, 24 -> 15 and 16 tokens generated.
+    assert after["rouge1"] >= before["rouge1"] + 0.05
     assert after["perplexity"] < before["perplexity"] / 3
     assert after["gen_len"] < before["gen_len"]  # headlines, not rambling paragraphs
 

@@ -175,19 +175,19 @@ def test_a_worker_joins_a_tuned_comparison(tiny_llama, sentiment_csv, tmp_path, 
     out, elsewhere = tmp_path / "cmp", tmp_path / "worker"
     storage = f"sqlite:///{out / 'study.db'}"
     coordinator = peftlab(
-        "compare", "--methods", "lora", "--seeds", "0", "--tune", "lr", "--trials", "3",
+        "compare", "--methods", "lora", "--seeds", "0", "--tune", "lr", "--trials", "2",
         "--storage", storage, *tiny.where(tiny_llama, sentiment_csv, out), *RUN,
         *SLOW_HEARTBEAT,
     )  # fmt: skip
-    wait_for(lambda: len(every_trial(storage)) == 5)  # 3 tuning trials, tuned and default runs
+    wait_for(lambda: len(every_trial(storage)) == 4)  # 2 tuning trials, tuned and default runs
     worker = peftlab("compare", "--worker", "--storage", storage, "--out", str(elsewhere))
     worker_out, _ = worker.communicate(timeout=300)
     coordinator_out, _ = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 0, coordinator_out
     assert worker.returncode == 0, worker_out
     ran = every_trial(storage)
-    assert len(ran) == 5 and {t.state for t in ran} <= {TrialState.COMPLETE, TrialState.PRUNED}
-    expected = ["lora-default-seed0", "lora-seed0", *(f"tune/lora-trial{i}" for i in range(3))]
+    assert len(ran) == 4 and {t.state for t in ran} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    expected = ["lora-default-seed0", "lora-seed0", *(f"tune/lora-trial{i}" for i in range(2))]
     assert sorted(t.user_attrs["name"] for t in ran) == expected
     records = sorted(str(p.parent.relative_to(d)) for d in (out, elsewhere)
                      for p in d.glob("**/run.json") if "shared" not in p.parts)  # fmt: skip
