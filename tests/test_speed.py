@@ -1,4 +1,5 @@
-"""The speed work keeps results right: fast dropout, precision choice, no wasted validation."""
+"""The speed work keeps results right: fast dropout, precision choice, no wasted validation,
+the fused optimizer."""
 
 import json
 
@@ -8,8 +9,10 @@ import torch
 from torch import nn
 
 from peftlab.cli import main
+from peftlab.config import TrainArgs
 from peftlab.training import precision
 from peftlab.training.fast_dropout import FastDropout, use_fast_dropout
+from peftlab.training.loop import fused_kernel_fits, make_optimizer
 
 
 def test_fast_dropout_has_torch_dropouts_distribution():
@@ -107,3 +110,24 @@ def test_bf16_frozen_weights_are_copies_put_back_untouched():
     assert model.layers[0].weight is frozen and torch.equal(frozen, saved)
     with bf16_frozen_weights(model, "fp32") as swapped:
         assert swapped == 0
+
+
+def test_adamw_steps_with_the_fused_kernel_and_lands_where_the_default_does():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2)) for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    args = TrainArgs(lr=1e-2)
+    fused = make_optimizer(models[0], args)
+    assert all(group["fused"] for group in fused.param_groups)
+    reference = make_optimizer(models[1], args).param_groups  # the same groups and rates
+    unfused = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in reference]
+    plain = torch.optim.AdamW(unfused, lr=1e-2, foreach=True)
+    batch = torch.randn(16, 8)
+    for _ in range(5):
+        for model, optimizer in zip(models, (fused, plain), strict=True):
+            model(batch).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not fused_kernel_fits([torch.zeros(2, device="meta")])  # elsewhere: the default

@@ -73,6 +73,15 @@ def rank_weight_hashes(model, accelerator) -> list[str] | None:
     return hashes
 
 
+def fused_kernel_fits(params: list) -> bool:
+    """torch's fused AdamW (one kernel over every tensor) where each trainable tensor
+    allows it. bench/optimizer_step.py, AVX2 EPYC, 2 threads: 5.6-6.1x faster steps than
+    the default foreach form on MiniLM's 22.7M weights (89-96 -> 16 ms, over a quarter of
+    a full fine-tuning step; whole `full` runs 1.51x), 3-4.6x on LoRA's (about 1% of its
+    step); weights equal to 1e-7."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
 def make_optimizer(model, args: TrainArgs, lr_scale=None) -> torch.optim.Optimizer:
     """AdamW; `lr_scale(name)` multiplies a parameter's rate (LoRA+ gives LoRA's B
     matrices a higher one); the schedule scales every group alike."""
@@ -93,6 +102,7 @@ def make_optimizer(model, args: TrainArgs, lr_scale=None) -> torch.optim.Optimiz
             for (decays, scale), params in groups.items()
         ],
         lr=args.lr,
+        fused=fused_kernel_fits([p for params in groups.values() for p in params]),
     )
 
 
