@@ -4,8 +4,9 @@ The FLOPs are torch's own count (`torch.utils.flop_counter.FlopCounterMode`) of 
 training batch, forward and backward, as the method trains it (its frozen layers, its
 precision), taken per example and scaled by the examples the run trained on. The peak is
 this machine's dense matmul rate in the dtype and thread count the run used: measured
-by every run (well under a second), the highest kept under PEFTLAB_HOME with the CPU's
-identity, so a changed CPU is measured anew and a busy moment does not lower it.
+by every run (well under a second; at most once a minute in one process), the highest
+kept under PEFTLAB_HOME with the CPU's identity, so a changed CPU is measured anew and a
+busy moment does not lower it.
 MFU = achieved FLOP/s / peak FLOP/s.
 """
 
