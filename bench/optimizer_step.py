@@ -22,13 +22,9 @@ from pathlib import Path
 
 import torch
 from busy_machine import cpu_flags
+from loaded import load
 
 from peftlab.config import RunConfig
-from peftlab.data import assets, sources
-from peftlab.methods.registry import METHODS
-from peftlab.models import loading
-from peftlab.runner.checks import resolved
-from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.training.loop import make_optimizer
 
 CASES = {"minilm-full": ("minilm-l6", "full"), "minilm-lora": ("minilm-l6", "lora")}
@@ -40,16 +36,9 @@ def build(model_name: str, method_name: str):
     cfg = RunConfig()
     cfg.model.name, cfg.method.name = model_name, method_name
     cfg.data.name, cfg.data.test_samples = "rotten_tomatoes", 8
-    cfg = resolved(cfg)
-    source = assets.resolve_model(cfg.model.name)
-    info = model_info(source, cfg)
-    dataset = sources.load(cfg.data, cfg.task.name)
-    tokenizer = loading.load_tokenizer(source, padding_side(info))
-    task = build_task(cfg, info, dataset, tokenizer)
-    model = loading.load_model(source, info, dataset.label_names, tokenizer, False)
-    model = METHODS[method_name].attach(model, cfg.method, info)
-    batch = task.collate(task.encode(dataset.splits["test"][:8]))
-    return cfg, model, task, batch
+    run = load(cfg)
+    batch = run.task.collate(run.task.encode(run.dataset.splits["test"][:8]))
+    return run.cfg, run.model, run.task, batch
 
 
 def optimizer_for(model, cfg, fused: bool) -> torch.optim.Optimizer:

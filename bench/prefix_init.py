@@ -10,32 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 
+from loaded import load
+
 from peftlab.cli import quiet_libraries
 from peftlab.config import RunConfig
-from peftlab.data import assets, sources
-from peftlab.methods.registry import get_method
 from peftlab.methods.switching import base_model
-from peftlab.models import loading
-from peftlab.runner.checks import resolved
-from peftlab.runner.pipeline import seed_everything
-from peftlab.tasks.setup import build_task, model_info, padding_side
 from peftlab.training.evaluate import evaluate
 
 
 def step_zero(cfg: RunConfig, init: str | None) -> dict:
     """Test metrics before training: the base model (init None) or a fresh prefix."""
     cfg.method.name, cfg.method.prompt_init = "prefix", init or "text"
-    cfg = resolved(cfg)
-    source = assets.resolve_model(cfg.model.name)
-    info = model_info(source, cfg)
-    dataset = sources.load(cfg.data, cfg.task.name)
-    tokenizer = loading.load_tokenizer(source, padding_side(info))
-    task = build_task(cfg, info, dataset, tokenizer)
-    seed_everything(0)
-    model = loading.load_model(source, info, dataset.label_names, tokenizer, False)
-    model = get_method("prefix").attach(model, cfg.method, info)
-    items = task.encode(dataset.splits["test"])
-    batch, precision = cfg.train.eval_batch_size, cfg.train.precision
+    run = load(cfg)
+    model, task = run.model, run.task
+    items = task.encode(run.dataset.splits["test"])
+    batch, precision = run.cfg.train.eval_batch_size, run.cfg.train.precision
     if init is None:
         with base_model(model):
             return evaluate(model, task, items, batch, precision, desc="base")

@@ -69,20 +69,21 @@ _measured_at: dict[tuple, float] = {}
 
 def peak_flops(precision: str, threads: int, device) -> float:
     """This machine's matmul FLOP/s in the run's dtype and thread count: the highest ever
-    measured here. Each run measures again (a fraction of a second) and keeps the higher
-    rate, so a peak first taken on a busy machine (seen: 60 GFLOP/s kept for an AVX2 CPU
-    that does 150 idle, and an MFU over 100%) rises as soon as a run finds it idle."""
+    measured here. Each run measures again (a fraction of a second; a process at most once a
+    minute, REMEASURE_AFTER_S) and keeps the higher rate, so a peak first taken on a busy
+    machine (seen: 60 GFLOP/s kept for an AVX2 CPU that does 150 idle, and an MFU over 100%)
+    rises as soon as a run finds it idle."""
     path = peftlab_home() / "peak_flops.json"
     key = json.dumps({**machine(), "precision": precision, "threads": threads}, sort_keys=True)
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
         kept = {}
-    recently = time.monotonic() - _measured_at.get((str(path), key), -math.inf)
-    if key in kept and recently < REMEASURE_AFTER_S:
+    here = (str(path), key)  # this process's last measurement of this peak
+    if key in kept and time.monotonic() - _measured_at.get(here, -math.inf) < REMEASURE_AFTER_S:
         return kept[key]
     measured = measure_peak(precision, threads, device, repeats=5 if key not in kept else 2)
-    _measured_at[(str(path), key)] = time.monotonic()
+    _measured_at[here] = time.monotonic()
     if measured > kept.get(key, 0.0):
         kept[key] = measured
         path.parent.mkdir(parents=True, exist_ok=True)
