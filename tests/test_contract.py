@@ -32,7 +32,8 @@ _CONV1D = ("loha", "lokr", "oft", "boft", "hra", "c3a", "miss", "shira", "beft")
 for _name in (*_CONV1D, "delora", "psoft", "supertuning"):
     REFUSED[_name, "gpt2"] = "Conv1D.* is not supported|Conv1D'> not supported"  # peft's words
 REFUSED["glora", "gpt2"] = "Conv1D.* is not a plain torch.nn.Linear"
-REFUSED["peanut", "gpt2"] = "does not support target modules of type .*Conv1D"
+for _name in ("peanut", "lily"):
+    REFUSED[_name, "gpt2"] = "does not support target modules of type .*Conv1D"
 REFUSED["osf", "gpt2"] = "attached to none of the selected modules .*Conv1D"  # peft skips them
 REFUSED["prefix", "distilbert"] = "past_key_values"
 for _arch in ("t5", "bart"):  # their ForSequenceClassification takes no virtual tokens

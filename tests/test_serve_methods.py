@@ -1,5 +1,5 @@
 """Every kind of servable method on one server: LoRA, DoRA, IA3, peft's other tuners
-(LoHa, VeRA, OFT, LN tuning: one PeftModel per tuner type), prompt tuning, P-tuning,
+(LoHa, VeRA, OFT, LN tuning, Lily: one PeftModel per tuner type), prompt tuning, P-tuning,
 prefix tuning and a plain peft folder (no manifest) resident on one tiny llama, asked at
 once from many threads with the real openai client, each answering as offline `predict`."""
 
@@ -34,6 +34,7 @@ SERVED = {
     "vera-sum": ("vera", "summarization"),
     "oft-sent": ("oft", "classification"),
     "ln-tuning-sum": ("ln_tuning", "summarization"),
+    "lily-sent": ("lily", "classification"),  # cannot merge: served as trained
 }
 
 

@@ -37,6 +37,7 @@ class Tuner:
     default_lr: float = 5e-4
     modules: str = "linear"  # "linear", "biased_linear" (BEFT) or "norms" (LN tuning)
     family: str = "low-rank"
+    merge: str | None = None  # None: peft merges it; else why it cannot
 
 
 TUNERS = [
@@ -240,6 +241,24 @@ TUNERS = [
         {"r": 4, "theta_d_length": 256},
         default_lr=5e-3,
     ),
+    Tuner(
+        "lily",
+        "LILY",
+        "Lily: low-rank updates from per-layer down-projections and a few up-projections "
+        "shared by every layer, mixed by a learned router (Zhong & Zhou 2024)",
+        {"r": 8, "stride_A": 1, "num_B": 2},
+        default_lr=1e-3,
+        merge="its update depends on each input (a learned router mixes the shared "
+        "up-projections), so it cannot be folded into the weights; serve it unmerged",
+    ),
+    Tuner(
+        "waveft",
+        "WAVEFT",
+        "WaveFT: a few trained wavelet coefficients per weight update (Bilican et al. 2025)",
+        {"n_frequency": 100, "scaling": 25.0},
+        default_lr=5e-3,
+        family="spectral",
+    ),
 ]
 
 
@@ -358,6 +377,7 @@ def tuner_method(tuner: Tuner, loop_hooks=None) -> Method:
         family=tuner.family,
         check_options=lambda args: parse_options(args.peft_options, peft_config_class(tuner)),
         loop_hooks=loop_hooks,
+        merge=tuner.merge,
     )
 
 
@@ -366,10 +386,8 @@ METHODS = [tuner_method(t) for t in TUNERS]
 # peft's other tuners, each with why it is not a method here (yet): `peftlab methods`
 # lists them, so none is silently absent. Checked on peft 0.21.2 with tiny models.
 NOT_REGISTERED = {
-    "lily": "trains and reloads, but peft cannot merge it; not registered yet",
     "road": "needs out_features divisible by its group size (64); the tiny test models are "
     "narrower, so it cannot pass the contract here",
-    "waveft": "its default frequency count exceeds small layers' sizes; not tuned yet",
     "pvera": "a reloaded adapter does not reproduce the trained outputs (peft 0.21.2)",
     "shadow": "fails on these models in peft 0.21.2 ('ShadowCarrier' object has no attribute "
     "'view')",
