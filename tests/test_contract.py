@@ -29,7 +29,7 @@ from peftlab.methods.switching import base_model, merge_method
 BIAS_ONLY = ("bitfit", "beft")
 REFUSED = {(name, arch): "no bias terms" for arch in ("llama", "gemma", "t5") for name in BIAS_ONLY}
 _CONV1D = ("loha", "lokr", "oft", "boft", "hra", "c3a", "miss", "shira", "beft")
-for _name in (*_CONV1D, "delora", "psoft", "supertuning"):
+for _name in (*_CONV1D, "delora", "psoft", "supertuning", "road"):
     REFUSED[_name, "gpt2"] = "Conv1D.* is not supported|Conv1D'> not supported"  # peft's words
 REFUSED["glora", "gpt2"] = "Conv1D.* is not a plain torch.nn.Linear"
 for _name in ("peanut", "lily"):

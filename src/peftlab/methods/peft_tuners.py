@@ -242,6 +242,16 @@ TUNERS = [
         default_lr=5e-3,
     ),
     Tuner(
+        "road",
+        "ROAD",
+        "RoAd: each output pair rotated and scaled by a learned 2D rotation (Liao et al. 2024)",
+        # peft: the group size only pairs elements (no effect on results); 64 would not
+        # divide small layers' widths
+        {"variant": "road_1", "group_size": 8},
+        default_lr=2e-3,
+        family="orthogonal",
+    ),
+    Tuner(
         "lily",
         "LILY",
         "Lily: low-rank updates from per-layer down-projections and a few up-projections "
@@ -386,8 +396,6 @@ METHODS = [tuner_method(t) for t in TUNERS]
 # peft's other tuners, each with why it is not a method here (yet): `peftlab methods`
 # lists them, so none is silently absent. Checked on peft 0.21.2 with tiny models.
 NOT_REGISTERED = {
-    "road": "needs out_features divisible by its group size (64); the tiny test models are "
-    "narrower, so it cannot pass the contract here",
     "pvera": "a reloaded adapter does not reproduce the trained outputs (peft 0.21.2)",
     "shadow": "fails on these models in peft 0.21.2 ('ShadowCarrier' object has no attribute "
     "'view')",
