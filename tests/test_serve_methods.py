@@ -160,3 +160,21 @@ def test_linear_head_classifiers_share_an_encoder_each_with_its_own_head(
             assert got["probabilities"][label] == pytest.approx(p, abs=1e-4), (name, row)
     with pytest.raises(PeftlabError, match="3 labels"):
         start({"a": folders["lora-a"], "three": three_labels}, port=0)
+
+
+def test_methods_a_server_cannot_hold_are_refused_with_what_to_do(
+    tiny_llama, sentiment_csv, tmp_path
+):
+    """Bottleneck adapters are peftlab's own weights, not peft layers: refused by name,
+    pointing at predict; they do not merge, so merge is not offered."""
+    from peftlab.cli import main
+
+    out = tmp_path / "adapter-run"
+    argv = ["run", "--model", str(tiny_llama), "--dataset", str(sentiment_csv), "--out", str(out)]
+    assert main([*argv, "--method", "adapter", *BRIEF_TRAIN]) == 0
+    with pytest.raises(
+        PeftlabError, match="trained with --method adapter, which peftlab serve does not load"
+    ) as refusal:
+        start({"a": str(out / "adapter")}, port=0)
+    assert "peftlab predict" in str(refusal.value)
+    assert "peftlab merge" not in str(refusal.value)

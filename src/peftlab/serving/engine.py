@@ -51,6 +51,19 @@ def layer_methods() -> list[str]:
     ]
 
 
+def not_servable(folder: str, method_name: str) -> str:
+    """Why an adapter of `method_name` is not served, and what to do with it instead."""
+    method = METHODS.get(method_name)
+    instead = "use `peftlab predict` with it"
+    if method is not None and method.kind != "full" and not method.merge:
+        instead += ", or `peftlab merge` it into a model of its own"
+    served = ", ".join([*layer_methods(), *PROMPT_METHODS])
+    return (
+        f"'{folder}' was trained with --method {method_name}, which peftlab serve does not "
+        f"load: it loads {served} adapters onto one unquantized base; {instead}"
+    )
+
+
 class ServeError(PeftlabError):
     """A request or admin action that cannot be served; `status` is its HTTP status."""
 
@@ -136,11 +149,7 @@ class Engine:
         package = open_package(folder, self.allow_pickle, self.base_name)
         cfg = package.config
         if cfg.method.name not in [*layer_methods(), *PROMPT_METHODS]:
-            raise ServeError(
-                f"'{folder}' is a {cfg.method.name} adapter; peftlab serve loads "
-                f"{', '.join([*layer_methods(), *PROMPT_METHODS])} adapters onto one "
-                "unquantized base (merge or predict the others)"
-            )
+            raise ServeError(not_servable(folder, cfg.method.name))
         check_base(package, self.source)
         cfg.model.name = self.base_name
         info = model_info(self.source, cfg)
