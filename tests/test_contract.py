@@ -29,7 +29,7 @@ from peftlab.methods.switching import base_model, merge_method
 BIAS_ONLY = ("bitfit", "beft")
 REFUSED = {(name, arch): "no bias terms" for arch in ("llama", "gemma", "t5") for name in BIAS_ONLY}
 _CONV1D = ("loha", "lokr", "oft", "boft", "hra", "c3a", "miss", "shira", "beft")
-for _name in (*_CONV1D, "delora", "psoft", "supertuning", "road"):
+for _name in (*_CONV1D, "delora", "psoft", "supertuning", "road", "adamss"):
     REFUSED[_name, "gpt2"] = "Conv1D.* is not supported|Conv1D'> not supported"  # peft's words
 REFUSED["glora", "gpt2"] = "Conv1D.* is not a plain torch.nn.Linear"
 for _name in ("peanut", "lily"):
@@ -39,6 +39,11 @@ REFUSED["prefix", "distilbert"] = "past_key_values"
 for _arch in ("t5", "bart"):  # their ForSequenceClassification takes no virtual tokens
     for _name in ("prefix", "prompt", "ptuning"):
         REFUSED[_name, _arch, "linear"] = "does not take"
+
+
+# peft's AdaMSS casts its input to the dtype it was built in, so a float64 copy of it
+# fails: its merge is checked in float32.
+FLOAT32_ONLY = ("adamss",)
 
 
 @pytest.fixture(params=CASES, ids=[case_id(*c) for c in CASES])
@@ -155,12 +160,14 @@ def merge_is_exact_or_refused_with_a_reason(built, expected):
     # In float64, so that rounding cannot hide or fake a difference: in float32 a large
     # trained update (FourierFT's scaling of 150) left 1e-3 on an AVX2 CPU and not on an
     # AVX512 one. Some tuners (C3A, DeFT) build their update in float32 inside: 1e-7 here.
-    built.model.double()
+    tolerance = 1e-4 if built.method.name in FLOAT32_ONLY else 1e-5
+    if built.method.name not in FLOAT32_ONLY:
+        built.model.double()
     expected = built.logits(built.model)
     merged = merge_method(built.model, built.method)
     assert not any(built.method.owns(n) for n, _ in merged.named_parameters())  # folded in
     assert not any(p.requires_grad for p in merged.parameters())
-    torch.testing.assert_close(built.logits(merged), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(built.logits(merged), expected, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("name", ["lora", "ia3", "adapter", "bitfit"])

@@ -252,6 +252,14 @@ TUNERS = [
         family="orthogonal",
     ),
     Tuner(
+        "adamss",
+        "ADAMSS",
+        "AdaMSS: each weight's top singular directions clustered into subspaces, each with "
+        "a small trained update (adaptive multi-subspace tuning)",
+        {"r": 8, "num_subspaces": 2, "subspace_rank": 1},
+        default_lr=2e-3,
+    ),
+    Tuner(
         "lily",
         "LILY",
         "Lily: low-rank updates from per-layer down-projections and a few up-projections "
@@ -399,7 +407,6 @@ NOT_REGISTERED = {
     "pvera": "a reloaded adapter does not reproduce the trained outputs (peft 0.21.2)",
     "shadow": "fails on these models in peft 0.21.2 ('ShadowCarrier' object has no attribute "
     "'view')",
-    "adamss": "needs scikit-learn, which peftlab does not install",
     "trainable_tokens": "trains chosen token embeddings: no peftlab task picks tokens",
     "xlora": "mixes LoRA experts trained beforehand: nothing to train from a base alone",
     "poly": "routes between tasks by task id: a run has one task",
