@@ -37,8 +37,10 @@ PR_SET_PDEATHSIG = 1
 PARENT_ENV = "PEFTLAB_PARENT_PID"
 # What a run imports; the forkserver imports it once (cli.quiet_libraries: the rest),
 # matplotlib's figure and ticker included (a run's report plots: ~0.5 s each time).
+# datasets too: cli.quiet_libraries imports it first thing in every run (~0.35 s each).
 PRELOAD = ["peftlab.cli", "peftlab.runner.pipeline", "torch", "transformers", "peft", "accelerate"]
-PRELOAD += ["matplotlib.figure", "matplotlib.ticker", "peftlab.comparison.forkserver_ready"]
+PRELOAD += ["datasets", "matplotlib.figure", "matplotlib.ticker"]
+PRELOAD += ["peftlab.comparison.forkserver_ready"]
 # Set per child by child_env(); any other difference means a stale forkserver.
 PER_CHILD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PER_CHILD_ENV += ("CUDA_VISIBLE_DEVICES", PARENT_ENV)
