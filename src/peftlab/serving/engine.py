@@ -51,13 +51,18 @@ def layer_methods() -> list[str]:
     ]
 
 
+def served_methods() -> list[str]:
+    """Every method whose adapters one server loads: the layer methods, then the prompts."""
+    return [*layer_methods(), *PROMPT_METHODS]
+
+
 def not_servable(folder: str, method_name: str) -> str:
     """Why an adapter of `method_name` is not served, and what to do with it instead."""
     method = METHODS.get(method_name)
     instead = "use `peftlab predict` with it"
     if method is not None and method.kind != "full" and not method.merge:
         instead += ", or `peftlab merge` it into a model of its own"
-    served = ", ".join([*layer_methods(), *PROMPT_METHODS])
+    served = ", ".join(served_methods())
     return (
         f"'{folder}' was trained with --method {method_name}, which peftlab serve does not "
         f"load: it loads {served} adapters onto one unquantized base; {instead}"
@@ -148,7 +153,7 @@ class Engine:
             raise ServeError(f"an adapter named '{name}' is already loaded; unload it first", 409)
         package = open_package(folder, self.allow_pickle, self.base_name)
         cfg = package.config
-        if cfg.method.name not in [*layer_methods(), *PROMPT_METHODS]:
+        if cfg.method.name not in served_methods():
             raise ServeError(not_servable(folder, cfg.method.name))
         check_base(package, self.source)
         cfg.model.name = self.base_name
