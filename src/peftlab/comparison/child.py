@@ -35,9 +35,9 @@ from peftlab.runner.record import RECORD_FILE
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "PEFTLAB_PARENT_PID"
-# What a run imports; the forkserver imports it once (cli.quiet_libraries: the rest),
-# matplotlib's figure and ticker included (a run's report plots: ~0.5 s each time).
-# datasets too: cli.quiet_libraries imports it first thing in every run (~0.35 s each).
+# What a run imports, imported once by the forkserver: datasets included (every run's
+# cli.quiet_libraries imports it first thing: ~0.35 s), and matplotlib's figure and
+# ticker (a run's report plots: ~0.5 s each time).
 PRELOAD = ["peftlab.cli", "peftlab.runner.pipeline", "torch", "transformers", "peft", "accelerate"]
 PRELOAD += ["datasets", "matplotlib.figure", "matplotlib.ticker"]
 PRELOAD += ["peftlab.comparison.forkserver_ready"]
