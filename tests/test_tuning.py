@@ -143,3 +143,45 @@ def test_comparison_plots_say_what_they_show(tuned_comparison, tiny_llama, monke
         assert any(about in title for title in titles), name
         for ax in fig.axes:
             assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is None, name
+
+
+def test_a_worker_waits_for_a_tuned_run_whose_search_just_ended(tmp_path, monkeypatch):
+    """The race a busy machine found: this worker looks, the tuned run is not ready (its
+    search is still running elsewhere); the other worker then finishes the search. With
+    nothing running any more, a worker that stopped at "nothing running" left the tuned
+    run waiting for nobody and reported the comparison without it."""
+    from optuna.trial import TrialState
+
+    from peftlab.comparison import study as studies
+    from peftlab.comparison import workers
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = studies.open_storage(url)
+    final = studies.create_study(storage, "peftlab-compare-x", 30.0)
+    search = studies.create_study(storage, "peftlab-compare-x-tune-lora", 30.0)
+    final.set_user_attr("searches", {"lora": search.study_name})
+    studies.enqueue(search, [{"name": "tune/lora-trial0"}])
+    studies.enqueue(final, [{"name": "lora-seed0", "tuned_from": "lora"}])
+    comparison = workers.Comparison.open(url, storage, final, tmp_path)
+    search_trial = studies.claim(comparison.searches["lora"], storage)  # another worker's
+
+    real_claim, looks = workers.Comparison.claim, []
+
+    def claim_then_the_search_ends(self):
+        looks.append(real_claim(self))
+        if len(looks) == 1:  # the other worker finishes right after this one looked
+            studies.finish(storage, search_trial, {"value": 0.9})
+        return looks[-1]
+
+    ran = []
+
+    def run_trial(comparison, study, trial_id, *_):
+        ran.append(storage.get_trial(trial_id).user_attrs["name"])
+        studies.finish(storage, trial_id, {"value": 0.8})
+
+    monkeypatch.setattr(workers.Comparison, "claim", claim_then_the_search_ends)
+    monkeypatch.setattr(workers, "run_trial", run_trial)
+    monkeypatch.setattr(workers, "POLL_S", 0.01)
+    assert workers.work_loop(comparison, 1, None, log=lambda _: None) == 1
+    assert looks[0] is None and ran == ["lora-seed0"]
+    assert {t.state for t in final.trials} == {TrialState.COMPLETE}

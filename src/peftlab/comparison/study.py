@@ -190,11 +190,16 @@ def claim_lock(storage):
         yield
 
 
-def search_over(study) -> bool:
-    """A tuning study none of whose trials waits or runs any more."""
+def pending(study) -> bool:
+    """Whether any trial of the study still waits or runs."""
     from optuna.trial import TrialState
 
-    return not trials_of(study, (TrialState.WAITING, TrialState.RUNNING))
+    return bool(trials_of(study, (TrialState.WAITING, TrialState.RUNNING)))
+
+
+def search_over(study) -> bool:
+    """A tuning study none of whose trials waits or runs any more."""
+    return not pending(study)
 
 
 def record_params(study, trial_id: int, params: dict, space: dict) -> dict:
@@ -223,12 +228,6 @@ def best_params(study) -> dict | None:
     if not complete:
         return None
     return study.best_trial.params
-
-
-def anything_running(study) -> bool:
-    from optuna.trial import TrialState
-
-    return bool(trials_of(study, (TrialState.RUNNING,)))
 
 
 @contextlib.contextmanager

@@ -70,8 +70,11 @@ class Comparison:
         trial_id = studies.claim(self.study, self.storage, ready)
         return (self.study, trial_id) if trial_id is not None else None
 
-    def anything_running(self) -> bool:
-        return any(studies.anything_running(s) for s in self.all_studies())
+    def anything_left(self) -> bool:
+        """Whether any trial still waits or runs. A tuned run waits, unclaimable, until
+        its search is over; a worker that stopped at "nothing running" could stop just
+        as another finished the search, leaving the tuned run to nobody."""
+        return any(studies.pending(s) for s in self.all_studies())
 
 
 def finished(run_dir: Path) -> bool:
@@ -99,7 +102,7 @@ def work_loop(comparison: Comparison, threads: int, gpu: int | None, log) -> int
             studies.fail_stale(study)  # a dead worker's trial goes back to waiting
         job = comparison.claim()
         if job is None:
-            if not comparison.anything_running():
+            if not comparison.anything_left():
                 return ran
             time.sleep(POLL_S)
             continue
