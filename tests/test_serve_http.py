@@ -184,8 +184,11 @@ def test_idle_and_slow_connections_do_not_starve_normal_requests(server, expecte
         sock.close()
 
 
-def test_a_client_that_gives_up_leaves_the_queue(server):
-    """Requests whose clients hang up before their turn are dropped, not computed."""
+def test_a_client_that_gives_up_leaves_the_queue(server, caplog):
+    """Requests whose clients hang up before their turn are dropped, not computed, and
+    quietly: a client hanging up is no server error."""
+    import gc
+
     import httpx2
 
     def impatient(i):
@@ -207,13 +210,20 @@ def test_a_client_that_gives_up_leaves_the_queue(server):
         answer = http.post("/v1/classify", json={"model": "sentiment", "input": "good"})
         assert answer.status_code == 200
         assert time.perf_counter() - started < 10  # the abandoned work was not done first
+    gc.collect()  # asyncio reports an unread future's exception when it is collected
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+# A scrape waits as long as a request may: on a saturated machine the server's event loop
+# can be slow to answer, and httpx's default 5 s made a test fail there, not the server.
+SCRAPE_S = 60
 
 
 def metric(url: str, name: str) -> float:
     import httpx2
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx2.get(url + "/metrics").text
+    text = httpx2.get(url + "/metrics", timeout=SCRAPE_S).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:
@@ -227,7 +237,8 @@ def arrived(url: str, endpoint: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {
-        f.name: f for f in text_string_to_metric_families(httpx2.get(url + "/metrics").text)
+        f.name: f
+        for f in text_string_to_metric_families(httpx2.get(url + "/metrics", timeout=SCRAPE_S).text)
     }
     in_flight = families["peftlab_requests_in_flight"].samples[0].value - 1
     answered = sum(

@@ -176,6 +176,9 @@ class Service:
         for job in jobs:
             job.abandon()
         gathered.cancel()
+        # Its CancelledError is this method's own doing: read it, or asyncio logs "exception
+        # was never retrieved" as an ERROR for every client that hung up.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         if gone in done:
             raise ClientGone
         raise ServeError("the request timed out waiting for the model", 504)
