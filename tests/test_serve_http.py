@@ -214,17 +214,19 @@ def test_a_client_that_gives_up_leaves_the_queue(server, caplog):
     assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
-# A scrape waits as long as a request may: on a saturated machine the server's event loop
-# can be slow to answer, and httpx's default 5 s made a test fail there, not the server.
-SCRAPE_S = 60
-
-
-def metric(url: str, name: str) -> float:
+def scrape(url: str) -> dict:
+    """The server's metric families by name. A scrape waits as long as a request may: on a
+    saturated machine the server's event loop can be slow to answer, and httpx's default
+    5 s made a test fail there, not the server."""
     import httpx2
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx2.get(url + "/metrics", timeout=SCRAPE_S).text
-    for family in text_string_to_metric_families(text):
+    text = httpx2.get(url + "/metrics", timeout=60).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def metric(url: str, name: str) -> float:
+    for family in scrape(url).values():
         for sample in family.samples:
             if sample.name == name:
                 return sample.value
@@ -233,13 +235,7 @@ def metric(url: str, name: str) -> float:
 
 def arrived(url: str, endpoint: str) -> float:
     """Requests to `endpoint` in flight or answered, as the server's metrics count them."""
-    import httpx2
-    from prometheus_client.parser import text_string_to_metric_families
-
-    families = {
-        f.name: f
-        for f in text_string_to_metric_families(httpx2.get(url + "/metrics", timeout=SCRAPE_S).text)
-    }
+    families = scrape(url)
     in_flight = families["peftlab_requests_in_flight"].samples[0].value - 1
     answered = sum(
         s.value
