@@ -2,11 +2,12 @@
 
     python bench/vs_peer.py                      # every case, 3 rounds -> bench/results.json
     python bench/vs_peer.py --cases minilm-lora --rounds 1
-    python bench/vs_peer.py --quick              # every case, one round
+    python bench/vs_peer.py --quick              # every case, one round, less data (~15 min)
     python bench/vs_peer.py --cases smollm2-qlora --seeds 0,1,2   # a metric gap, 3 seeds
 
 Results are kept per machine (CPU name and speed flags): another kind of machine adds
-its rows to bench/results.json instead of replacing the ones there.
+its rows to bench/results.json instead of replacing the ones there. Quick results (one
+round on each case's QUICK sizes) are kept under "<case> (quick)", beside the full rows.
 
 For each case the three pipelines run alternately (the order rotates every round), each
 in a fresh process so memory peaks and warm caches do not leak between them:
@@ -77,6 +78,14 @@ CASES = {
         "metric": "rouge1",
     },
 }
+# --quick: one round on less data, for a first look on a new machine in under 15 minutes
+# on 2 AVX2 cores (the slowest CPU kind seen); its rows never replace a full run's.
+QUICK = {
+    "smollm2-lora": {"train_samples": 160, "validation_samples": 40, "test_samples": 200},
+    "minilm-lora": {"train_samples": 400, "validation_samples": 100, "test_samples": 400},
+    "smollm2-qlora": {"train_samples": 96, "validation_samples": 24, "test_samples": 150},
+    "smollm2-headlines": {"train_samples": 64, "validation_samples": 16, "test_samples": 20},
+}
 
 
 def pipelines_for(case: dict) -> tuple[str, ...]:
@@ -90,8 +99,8 @@ def pipelines_for(case: dict) -> tuple[str, ...]:
     return tuple(p for p in keep if p != "peer_bf16" or native_bf16())
 
 
-def case_config(name: str, seed: int | None = None) -> dict:
-    case = {**COMMON, **CASES[name], "name": name}
+def case_config(name: str, seed: int | None = None, quick: bool = False) -> dict:
+    case = {**COMMON, **CASES[name], **(QUICK[name] if quick else {}), "name": name}
     if seed is not None:
         case["seed"] = seed
     # --smoke: a tenth of the data, to check that every pipeline runs (numbers mean nothing).
@@ -133,8 +142,8 @@ def run_peftlab(case: dict) -> dict:
     }
 
 
-def measure_one(case_name: str, pipeline: str, seed: int | None = None) -> dict:
-    case = case_config(case_name, seed)
+def measure_one(case_name: str, pipeline: str, seed: int | None, quick: bool) -> dict:
+    case = case_config(case_name, seed, quick)
     if pipeline == "peftlab":
         result = run_peftlab(case)
     else:
@@ -218,10 +227,10 @@ def matmul_peak() -> dict:
 # ---------------------------------------------------------------- the driver
 
 
-def run_in_process(case: str, pipeline: str, seed: int) -> dict:
+def run_in_process(case: str, pipeline: str, seed: int, quick: bool) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "--one", case, pipeline, "--result", out.name]
-        command += ["--seed", str(seed)]
+        command += ["--seed", str(seed)] + (["--quick"] if quick else [])
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -266,7 +275,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="one round per case")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round per case on less data (QUICK), kept as '<case> (quick)'",
+    )
     parser.add_argument(
         "--seeds",
         help="comma-separated seeds, one round each (default: seed 0 every round); "
@@ -281,7 +294,8 @@ def main() -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        Path(args.result).write_text(json.dumps(measure_one(*args.one, args.seed)))
+        result = measure_one(*args.one, args.seed, args.quick)
+        Path(args.result).write_text(json.dumps(result))
         return 0
 
     if args.smoke:
@@ -299,13 +313,14 @@ def main() -> int:
     slot["machine"] = {**info, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peak}
     seeds = round_seeds(args)
     for case in cases:
-        pipelines = pipelines_for(case_config(case))
+        config = case_config(case, quick=args.quick)
+        pipelines = pipelines_for(config)
         runs: dict[str, list] = {p: [] for p in pipelines}
         for round_, seed in enumerate(seeds):
             turn = round_ % len(pipelines)
             order = pipelines[turn:] + pipelines[:turn]
             for pipeline in order:
-                result = run_in_process(case, pipeline, seed)
+                result = run_in_process(case, pipeline, seed, args.quick)
                 runs[pipeline].append(result)
                 print(
                     f"{case} round {round_ + 1} {pipeline}: {result['samples_per_s']:.2f} "
@@ -315,9 +330,10 @@ def main() -> int:
                 )
         entry = {p: summarize(r, peak) for p, r in runs.items()}
         entry["ratios"] = ratios(entry)
-        entry["config"] = {**case_config(case), "seeds": seeds}
-        slot["cases"][case] = entry
-        print(json.dumps({case: entry["ratios"]}), flush=True)
+        entry["config"] = {**config, "seeds": seeds}
+        row = f"{case} (quick)" if args.quick else case
+        slot["cases"][row] = entry
+        print(json.dumps({row: entry["ratios"]}), flush=True)
         # Written after every case: an interrupted benchmark keeps what it measured.
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -57,3 +57,14 @@ def test_seeds_give_one_round_each_and_bad_seeds_are_named(capsys):
     with pytest.raises(SystemExit) as stop:
         vs_peer.round_seeds(argparse.Namespace(seeds="0,one", quick=False, rounds=3))
     assert "--seeds '0,one'" in str(stop.value)
+
+
+def test_quick_mode_runs_every_case_on_less_data():
+    assert set(vs_peer.QUICK) == set(vs_peer.CASES)
+    for name in vs_peer.CASES:
+        full, quick = vs_peer.case_config(name), vs_peer.case_config(name, quick=True)
+        for key in ("train_samples", "validation_samples", "test_samples"):
+            assert quick[key] < full[key]
+        assert {k: v for k, v in quick.items() if not k.endswith("_samples")} == {
+            k: v for k, v in full.items() if not k.endswith("_samples")
+        }
