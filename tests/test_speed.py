@@ -131,3 +131,26 @@ def test_adamw_steps_with_the_fused_kernel_and_lands_where_the_default_does():
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert not fused_kernel_fits([torch.zeros(2, device="meta")])  # elsewhere: the default
+
+
+def test_label_word_logits_come_from_the_heads_rows_alone(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftlab.tasks.classification import LabelWordHead, label_word_rows, next_token_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    head = LabelWordHead(tokenizer, ["positive", "negative"])
+    ids = torch.randint(0, model.config.vocab_size, (3, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    full = next_token_logits(model, ids, batch["attention_mask"])[:, head.token_ids]
+    full.sum().backward()
+    expected_grad, model.lm_head.weight.grad = model.lm_head.weight.grad.clone(), None
+    lm_head = model.lm_head
+    logits = head.logits(model, batch)
+    logits.sum().backward()
+    assert model.lm_head is lm_head  # put back
+    assert torch.allclose(logits, full.float(), atol=1e-6)
+    assert torch.allclose(model.lm_head.weight.grad, expected_grad, atol=1e-6)
+    with label_word_rows(nn.Sequential(), [1]) as only_labels:  # no LM head: nothing changes
+        assert not only_labels

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from peftlab.config import DataArgs
 from peftlab.data.sources import load
 from peftlab.tasks.generation import rouge
-from peftlab.tasks.text_formats import IGNORE, DecoderLayout
+from peftlab.tasks.text_formats import IGNORE, PAD_MULTIPLE, DecoderLayout, pad_multiple
 from peftlab.training.evaluate import map_batches
 
 
@@ -47,6 +47,25 @@ def test_decoder_loss_counts_only_target_tokens_and_ignores_padding(llama):
         expected_sums, expected_counts = reference_losses(model, tokenizer, items)
     assert count.tolist() == expected_counts
     assert total.tolist() == pytest.approx(expected_sums, rel=1e-4, abs=1e-4)
+
+
+def test_fp32_batches_on_a_cpu_pad_to_the_longest_row_and_bf16_ones_to_a_multiple(llama):
+    model, tokenizer = llama
+    assert pad_multiple("bf16") == PAD_MULTIPLE
+    assert pad_multiple("fp32") == (PAD_MULTIPLE if torch.cuda.is_available() else 1)
+    items = [
+        DecoderLayout(tokenizer).item("the movie was good", " positive", 8, "x"),
+        DecoderLayout(tokenizer).item("dull", " a negative review", 8, "x"),
+    ]
+    longest = max(len(it.input_ids) for it in items)
+    assert longest % PAD_MULTIPLE
+    exact = DecoderLayout(tokenizer, 1).collate(items)
+    rounded = DecoderLayout(tokenizer, PAD_MULTIPLE).collate(items)
+    assert exact["input_ids"].shape[1] == longest
+    assert rounded["input_ids"].shape[1] == -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    with torch.no_grad():  # the extra padding changes nothing but the work
+        a, b = (DecoderLayout(tokenizer).token_losses(model, x)[0] for x in (exact, rounded))
+    assert a.tolist() == pytest.approx(b.tolist(), rel=1e-4, abs=1e-4)
 
 
 def test_decoder_loss_with_targets_only_runs_the_head_on_the_last_positions(llama):

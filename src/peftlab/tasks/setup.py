@@ -10,7 +10,7 @@ from peftlab.models import loading
 from peftlab.tasks.classification import ClassificationTask, LabelWordHead, LinearHead
 from peftlab.tasks.decoder_label_words import DecoderLabelWordHead
 from peftlab.tasks.generation import GenerationTask
-from peftlab.tasks.text_formats import DecoderLayout, Seq2SeqLayout
+from peftlab.tasks.text_formats import DecoderLayout, Seq2SeqLayout, pad_multiple
 
 
 def model_info(source: ModelSource, cfg: RunConfig) -> loading.ModelInfo:
@@ -100,12 +100,20 @@ def classification_task(cfg, info, dataset: TaskData, tokenizer) -> Classificati
     else:
         head = LinearHead(tokenizer.eos_token_id if info.kind == "seq2seq" else None)
         template = cfg.data.template or "{text}"
-    return ClassificationTask(tokenizer, head, dataset.label_names, template, cfg.model.max_length)
+    return ClassificationTask(
+        tokenizer,
+        head,
+        dataset.label_names,
+        template,
+        cfg.model.max_length,
+        pad_multiple(cfg.train.precision),
+    )
 
 
 def generation_task(cfg, info, dataset: TaskData, tokenizer) -> GenerationTask:
     seq2seq = info.kind == "seq2seq"
-    layout = Seq2SeqLayout(tokenizer) if seq2seq else DecoderLayout(tokenizer)
+    multiple = pad_multiple(cfg.train.precision)
+    layout = (Seq2SeqLayout if seq2seq else DecoderLayout)(tokenizer, multiple)
     has_targets = dataset.columns is not None and dataset.columns[1] is not None
     chat = False
     if cfg.task.name == "causal_lm" and has_targets and not seq2seq:

@@ -30,14 +30,23 @@ class TextItem:
     reference: str | None  # the target text, when there is one
 
 
-# Batch widths are rounded up to a multiple of this. Kernels (oneDNN on a CPU, cuBLAS on a
-# GPU) build and keep state per distinct shape: with every width from 1 to max_length a
-# MiniLM bf16 run peaked at 1190 MB of RSS, with multiples of 8 at 900 MB, same speed.
+# Batch widths are rounded up to a multiple of this where kernels build and keep state
+# per distinct shape (oneDNN's bf16 matmuls on a CPU, cuBLAS on a GPU): with every width
+# from 1 to max_length a MiniLM bf16 run peaked at 1190 MB of RSS, with multiples of 8 at
+# 900 MB, same speed. See pad_multiple for where it is left out.
 PAD_MULTIPLE = 8
 
 
-def pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
-    width = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
+def pad_multiple(precision: str) -> int:
+    """PAD_MULTIPLE under bf16 or on a GPU; 1 (the longest row's width) for fp32 on a
+    CPU, whose matmuls keep no per-shape state: there rounding up only adds work, 10-11%
+    of the token slots of a length-grouped batch of 8 (SmolLM2 and MiniLM on rotten
+    tomatoes reviews, about 30 tokens each)."""
+    return PAD_MULTIPLE if precision == "bf16" or torch.cuda.is_available() else 1
+
+
+def pad(rows: list[list[int]], value: int, side: str, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     padded = [
         ([value] * (width - len(r)) + r) if side == "left" else (r + [value] * (width - len(r)))
         for r in rows
@@ -62,8 +71,9 @@ def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int | None) -> list
 class DecoderLayout:
     padding_side = "left"
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, pad_multiple: int = PAD_MULTIPLE):
         self.tokenizer = tokenizer
+        self.pad_multiple = pad_multiple
         self.eos_ids = {tokenizer.eos_token_id} - {None}
         prefix = tokenizer("", add_special_tokens=True)["input_ids"]
         self.prefix = [t for t in prefix if t not in self.eos_ids]  # BOS where the model uses one
@@ -94,13 +104,11 @@ class DecoderLayout:
         )
 
     def collate(self, items: list[TextItem]) -> dict:
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = pad([it.input_ids for it in items], pad_id, "left")
-        mask = pad([[1] * len(it.input_ids) for it in items], 0, "left")
+        pad_id, multiple = self.tokenizer.pad_token_id, self.pad_multiple
         return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "labels": pad([it.labels for it in items], IGNORE, "left"),
+            "input_ids": pad([it.input_ids for it in items], pad_id, "left", multiple),
+            "attention_mask": pad([[1] * len(it.input_ids) for it in items], 0, "left", multiple),
+            "labels": pad([it.labels for it in items], IGNORE, "left", multiple),
         }
 
     def token_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +137,9 @@ class DecoderLayout:
 class Seq2SeqLayout:
     padding_side = "right"
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, pad_multiple: int = PAD_MULTIPLE):
         self.tokenizer = tokenizer
+        self.pad_multiple = pad_multiple
         self.eos_ids = {tokenizer.eos_token_id} - {None}
 
     def item(
@@ -146,11 +155,11 @@ class Seq2SeqLayout:
         return TextItem(prompt_ids, target_ids, len(prompt_ids), source, None)
 
     def collate(self, items: list[TextItem]) -> dict:
-        pad_id = self.tokenizer.pad_token_id
+        pad_id, multiple = self.tokenizer.pad_token_id, self.pad_multiple
         return {
-            "input_ids": pad([it.input_ids for it in items], pad_id, "right"),
-            "attention_mask": pad([[1] * len(it.input_ids) for it in items], 0, "right"),
-            "labels": pad([it.labels for it in items], IGNORE, "right"),
+            "input_ids": pad([it.input_ids for it in items], pad_id, "right", multiple),
+            "attention_mask": pad([[1] * len(it.input_ids) for it in items], 0, "right", multiple),
+            "labels": pad([it.labels for it in items], IGNORE, "right", multiple),
         }
 
     def token_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
