@@ -23,12 +23,21 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x, keep, scale):
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x * keep * scale
+        return x * scaled_mask(keep, x.dtype, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
+        return grad * scaled_mask(keep, grad.dtype, ctx.scale), None, None
+
+
+def scaled_mask(keep: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """The boolean mask as `dtype`, times `scale`. A product with the boolean mask itself
+    converts it inside the multiply, 20x slower than a product with a float mask on the
+    AVX2 EPYC (2.9 vs 0.13 ms for 577k elements, one thread): convert once, multiply;
+    and from its bytes, which convert 4x faster than bools (0.05 vs 0.2 ms, 491k)."""
+    mask = keep.view(torch.uint8).to(dtype)
+    return mask if scale == 1.0 else mask.mul_(scale)
 
 
 class FastDropout(nn.Dropout):
@@ -37,10 +46,18 @@ class FastDropout(nn.Dropout):
             return super().forward(x)
         if self.p >= 1:
             return torch.zeros_like(x)
-        seed = int(torch.randint(0, 2**62, (1,)))
-        draws = np.random.default_rng(seed).integers(0, LEVELS, x.numel(), dtype=np.uint16)
-        keep = torch.from_numpy(draws >= round(self.p * LEVELS)).view(x.shape)
-        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+        return _MaskedScale.apply(x, keep_mask(x, self.p), 1.0 / (1.0 - self.p))
+
+
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Which elements of `x` dropout with rate p keeps (bool, x's shape), seeded from
+    torch's generator."""
+    seed = int(torch.randint(0, 2**62, (1,)))
+    # Four 16-bit draws from each raw 64-bit output: 2.3x faster than Generator.integers,
+    # which bounds every draw (491k draws: 0.47 vs 1.07 ms, AVX2 EPYC).
+    raw = np.random.PCG64(seed).random_raw((x.numel() + 3) // 4)
+    draws = raw.view(np.uint16)[: x.numel()]
+    return torch.from_numpy(draws >= round(p * LEVELS)).view(x.shape)
 
 
 def use_fast_dropout(model: nn.Module) -> int:

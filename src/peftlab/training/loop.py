@@ -26,6 +26,7 @@ from peftlab.training import distributed, flops, frozen_cache, threads
 from peftlab.training.checkpoints import Checkpoints, LoopState
 from peftlab.training.evaluate import evaluate
 from peftlab.training.fast_dropout import use_fast_dropout
+from peftlab.training.fused_lora import fused_lora
 from peftlab.training.hooks import NO_HOOKS, LoopHooks, RunStart
 from peftlab.training.precision import autocast, bf16_frozen_weights
 from peftlab.training.progress import Progress
@@ -197,8 +198,8 @@ class Fit:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Running]:
-        """Train mode, the measured span, precision, attention and thread settings, and
-        the frozen layers' outputs computed once where that pays."""
+        """Train mode, the measured span, precision, fused LoRA layers, attention and
+        thread settings, and the frozen layers' outputs computed once where that pays."""
         self.model.train()
         release_freed_memory()
         main = self.accelerator.is_main_process
@@ -215,6 +216,7 @@ class Fit:
             with (
                 Meter() as meter,
                 bf16_frozen_weights(self.unwrapped, self.args.precision),
+                fused_lora(self.unwrapped),
                 cpu_attention(self.unwrapped, max(self.lengths)),
                 share,
             ):

@@ -1,0 +1,111 @@
+"""LoRA's adapted linear layers, one autograd node each while training on a CPU.
+
+peft computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`: seven autograd nodes,
+and passes over activation-sized tensors for the dropout's two products, the scaling and
+the sum, forward and again backward, in each of SmolLM2's 210 adapted layers per step.
+Here one node computes the same sum: the dropout's 1/(1-p) and LoRA's scaling fold into
+the alpha of the addmm that adds the adapter's output to the base's, and the backward
+adds the adapter's masked input gradient to the base's in one addcmul. Only the input,
+the dropout's boolean mask and the rank-sized hidden are kept for the backward (peft keeps
+the dropped-out input in full). The masks are fast_dropout's, drawn in the same order, so
+a run's randomness is unchanged; results agree with peft's to float rounding.
+
+Written by hand because no kept library fuses a LoRA layer on a CPU (unsloth's kernels
+are Triton, for GPUs). Layers it does not cover run peft's own forward: a variant (DoRA
+and the like), several active adapters, a trainable base weight or bias, a bias on
+lora_B, another base layer type (Conv1D, quantized), a GPU, or autocast (bf16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from peftlab.training.fast_dropout import keep_mask, scaled_mask
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, keep, alpha: float):
+        flat = x.reshape(-1, x.shape[-1])
+        keep = None if keep is None else keep.reshape(flat.shape)
+        dropped = flat if keep is None else flat * scaled_mask(keep, flat.dtype)
+        hidden = dropped @ lora_a.t()
+        out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+        out.addmm_(hidden, lora_b.t(), alpha=alpha)
+        ctx.save_for_backward(flat, keep, hidden, weight, lora_a, lora_b)
+        ctx.alpha, ctx.in_shape = alpha, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, keep, hidden, weight, lora_a, lora_b = ctx.saved_tensors
+        mask = None if keep is None else scaled_mask(keep, flat.dtype)
+        grad = grad.reshape(-1, grad.shape[-1])
+        grad_hidden = (grad @ lora_b).mul_(ctx.alpha)
+        grad_b = (grad.t() @ hidden).mul_(ctx.alpha) if ctx.needs_input_grad[4] else None
+        dropped = flat if mask is None else flat * mask
+        grad_a = grad_hidden.t() @ dropped if ctx.needs_input_grad[3] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            through_lora = grad_hidden @ lora_a
+            base = grad @ weight
+            grad_x = base.add_(through_lora) if mask is None else base.addcmul_(through_lora, mask)
+            grad_x = grad_x.view(ctx.in_shape)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _plain_adapter(layer) -> str | None:
+    """The one active vanilla LoRA adapter of `layer` this path computes, else None."""
+    active = [a for a in layer.active_adapters if a in layer.lora_A]
+    if len(active) != 1 or layer.merged or layer.disable_adapters:
+        return None
+    name = active[0]
+    base = layer.get_base_layer()
+    frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
+    plain = (
+        type(base) is nn.Linear
+        and frozen
+        and name not in layer.lora_variant
+        and layer.lora_B[name].bias is None
+        and isinstance(layer.lora_dropout[name], nn.Dropout | nn.Identity)
+    )
+    return name if plain else None
+
+
+def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    name = _plain_adapter(layer) if not args and not kwargs else None
+    if name is None or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return type(layer).forward(layer, x, *args, **kwargs)
+    base, lora_a, lora_b = layer.get_base_layer(), layer.lora_A[name], layer.lora_B[name]
+    dropout = layer.lora_dropout[name]
+    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    if x.dtype != base.weight.dtype or x.dtype != lora_a.weight.dtype or p >= 1:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    keep = keep_mask(x, p) if p > 0 else None
+    alpha = layer.scaling[name] / (1.0 - p)
+    return _LoraLinear.apply(x, base.weight, base.bias, lora_a.weight, lora_b.weight, keep, alpha)
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora.layer import Linear
+
+    return [m for m in model.modules() if type(m) is Linear]
+
+
+@contextlib.contextmanager
+def fused_lora(model: nn.Module) -> Iterator[int]:
+    """Inside: peft's LoRA Linear layers of `model` take the fused path where it covers
+    them (see the module docstring); yields how many layers were given it."""
+    layers = lora_layers(model)
+    for layer in layers:
+        layer.forward = types.MethodType(_fused_forward, layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            del layer.forward

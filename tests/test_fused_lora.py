@@ -1,0 +1,61 @@
+"""The fused LoRA path computes what peft's LoRA layers compute: the same outputs, the
+same gradients, the same dropout masks, and peft's own path wherever it does not apply."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from peftlab.training.fast_dropout import use_fast_dropout
+from peftlab.training.fused_lora import fused_lora, lora_layers
+
+
+def lora_llama(tiny_llama, dropout: float, **options):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
+    model = get_peft_model(base, LoraConfig(**{**config.to_dict(), **options}))
+    for name, param in model.named_parameters():  # B starts at zero: make it matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    use_fast_dropout(model)
+    return model.train()
+
+
+def loss_and_grads(model, ids):
+    model.zero_grad()
+    torch.manual_seed(7)  # the dropout masks are drawn from torch's generator
+    logits = model(input_ids=ids).logits
+    loss = logits.float().pow(2).mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fused_layers_match_peft_outputs_and_gradients(tiny_llama, dropout):
+    model = lora_llama(tiny_llama, dropout)
+    ids = torch.randint(0, model.config.vocab_size, (3, 11))
+    expected_logits, expected_grads = loss_and_grads(model, ids)
+    with fused_lora(model) as fused:
+        assert fused == len(lora_layers(model)) > 0
+        logits, grads = loss_and_grads(model, ids)
+    assert torch.allclose(logits, expected_logits, atol=1e-5, rtol=1e-4)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-6, rtol=1e-4), name
+    assert "forward" not in vars(lora_layers(model)[0])  # peft's own forward is back
+
+
+def test_layers_it_does_not_cover_run_pefts_forward(tiny_llama):
+    model = lora_llama(tiny_llama, 0.1, use_dora=True)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    expected_logits, expected_grads = loss_and_grads(model, ids)
+    with fused_lora(model):
+        logits, grads = loss_and_grads(model, ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast: peft's path too
+            assert model(input_ids=ids).logits.dtype == torch.bfloat16
+    assert torch.equal(logits, expected_logits)
+    for name, grad in grads.items():
+        assert torch.equal(grad, expected_grads[name]), name
