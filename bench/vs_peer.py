@@ -81,10 +81,10 @@ CASES = {
 # --quick: one round on less data, for a first look on a new machine in under 15 minutes
 # on 2 AVX2 cores (the slowest CPU kind seen); its rows never replace a full run's.
 QUICK = {
-    "smollm2-lora": {"train_samples": 160, "validation_samples": 40, "test_samples": 200},
+    "smollm2-lora": {"train_samples": 128, "validation_samples": 32, "test_samples": 160},
     "minilm-lora": {"train_samples": 400, "validation_samples": 100, "test_samples": 400},
-    "smollm2-qlora": {"train_samples": 96, "validation_samples": 24, "test_samples": 150},
-    "smollm2-headlines": {"train_samples": 64, "validation_samples": 16, "test_samples": 20},
+    "smollm2-qlora": {"train_samples": 80, "validation_samples": 20, "test_samples": 120},
+    "smollm2-headlines": {"train_samples": 32, "validation_samples": 8, "test_samples": 12},
 }
 
 
