@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -41,16 +40,8 @@ def worktree(rev: str, into: Path) -> Path:
 
 
 def measure(tree: Path, case: str, quick: bool) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, str(HERE / "vs_peer.py"), "--one", case, "peftlab"]
-        command += ["--result", out.name, "--seed", str(vs_peer.COMMON["seed"])]
-        command += ["--quick"] if quick else []
-        env = {**os.environ, "PYTHONPATH": str(tree / "src"), "TOKENIZERS_PARALLELISM": "false"}
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"{case} at {tree} failed:\n{tail}")
-        return json.loads(Path(out.name).read_text())
+    seed = vs_peer.COMMON["seed"]
+    return vs_peer.run_in_process(case, "peftlab", seed, quick, package=tree / "src")
 
 
 def medians(runs: list[dict]) -> dict:

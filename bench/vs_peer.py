@@ -227,15 +227,22 @@ def matmul_peak() -> dict:
 # ---------------------------------------------------------------- the driver
 
 
-def run_in_process(case: str, pipeline: str, seed: int, quick: bool) -> dict:
+def run_in_process(
+    case: str, pipeline: str, seed: int, quick: bool, package: Path | None = None
+) -> dict:
+    """One measurement in a fresh process; `package`: a source folder to import peftlab
+    from instead of the installed one (bench/ab.py's revisions)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "--one", case, pipeline, "--result", out.name]
         command += ["--seed", str(seed)] + (["--quick"] if quick else [])
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        if package is not None:
+            env["PYTHONPATH"] = str(package)
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"{case} / {pipeline} failed:\n{tail}")
+            where = f" ({package})" if package else ""
+            raise RuntimeError(f"{case} / {pipeline}{where} failed:\n{tail}")
         return json.loads(Path(out.name).read_text())
 
 
