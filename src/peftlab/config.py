@@ -279,6 +279,13 @@ class TrainArgs:
         choices=("test", "validation"),
     )
     eval_batch_size: int = arg(32, "Examples per forward pass when evaluating.")
+    compile_inference: bool = arg(
+        False,
+        "Compile the tuned classification model's forward for the test evaluation "
+        "(AOTInductor, fp32 on a CPU, from 256 examples): the first run with a model's "
+        "structure compiles it (about a minute), later runs load it (half a second) and "
+        "evaluate a few percent faster (MiniLM + LoRA, 1,000 texts: 1.07x); same labels.",
+    )
     keep_best: bool = arg(
         True, "Keep the weights with the best validation metric rather than the last ones."
     )

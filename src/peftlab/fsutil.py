@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -59,6 +61,16 @@ def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on path's ".lock" sibling: the first process computes what
+    lives at `path`, the others wait, then find it there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def dir_size_bytes(path: str | Path) -> int:

@@ -203,6 +203,7 @@ def score_on_test(record, model, task, test_items, cfg: RunConfig, probe, log) -
         cfg.train.eval_batch_size,
         cfg.train.precision,
         desc="test (tuned)",
+        compile=cfg.train.compile_inference,
     )
     log(summary_line("tuned", record["after"], cfg.task.name))
     if probe is not None:

@@ -9,15 +9,13 @@ here is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-from peftlab.fsutil import write_json_atomic
+from peftlab.fsutil import locked, write_json_atomic
 
 
 def content_key(parts: dict) -> str:
@@ -37,14 +35,6 @@ def before_key(cfg, quantized: bool) -> str:
     if quantized:
         extra["quant_bits"] = cfg.method.quant_bits
     return content_key({"data": data_key(cfg), **extra})
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process computes it
-        yield
 
 
 def cached_json(folder: Path | None, name: str, compute: Callable[[], dict]) -> dict:

@@ -190,10 +190,14 @@ class ClassificationTask:
     def loss(self, model, batch: dict) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch), batch["labels"])
 
-    def measure(self, model, items, batch_size, device, desc, generate=True) -> dict:
+    def measure(self, model, items, batch_size, device, desc, generate=True, logits_fn=None):
+        """`logits_fn`: a function of the batch that computes self.logits(model, batch)
+        another way (compiled: training/compiled.py)."""
+        compute = logits_fn or (lambda batch: self.logits(model, batch))
+
         def logits_of(chunk: list[Encoded]) -> list[torch.Tensor]:
             batch = {k: v.to(device) for k, v in self.collate(chunk).items()}
-            return list(self.logits(model, batch).cpu())
+            return list(compute(batch).cpu())
 
         lengths = [len(it.input_ids) for it in items]
         logits = torch.stack(map_batches(items, lengths, batch_size, logits_of, desc))

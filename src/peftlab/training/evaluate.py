@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from peftlab.models.loading import cpu_attention
 from peftlab.training import distributed, threads
+from peftlab.training.compiled import compiled_logits
 from peftlab.training.precision import autocast
 from peftlab.training.resources import Meter
 
@@ -99,10 +100,13 @@ def evaluate(
     device: torch.device | None = None,
     desc: str = "eval",
     generate: bool = True,
+    compile: bool = False,
 ) -> dict:
     """The task's metrics on `items`, plus runtime, throughput and peak memory.
 
     generate=False skips text generation (validation during training: loss only).
+    compile=True: a classification model's logits compiled ahead of time where that
+    applies (training/compiled.py); the runtime includes compiling or loading it.
     """
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -114,7 +118,9 @@ def evaluate(
         autocast(precision, device),
         cpu_attention(model, longest),
     ):
-        metrics = task.measure(model, items, batch_size, device, desc, generate)
+        compiled = compiled_logits(model, task, len(items), precision, device) if compile else None
+        extra = {"logits_fn": compiled} if compiled is not None else {}
+        metrics = task.measure(model, items, batch_size, device, desc, generate, **extra)
     model.train(was_training)
     batches = -(-len(items) // batch_size)
     metrics.update(
@@ -124,6 +130,8 @@ def evaluate(
         steps_per_s=round(batches / meter.seconds, 3),
         peak_memory_mb=round(meter.peak_memory_mb, 1),
     )
+    if compiled is not None:
+        metrics["compiled"] = True
     if meter.cuda_peak_memory_mb is not None:
         metrics["cuda_peak_memory_mb"] = round(meter.cuda_peak_memory_mb, 1)
     return metrics
