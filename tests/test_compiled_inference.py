@@ -5,6 +5,7 @@ does not export evaluated eagerly, and never compiled for a handful of inputs.""
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -31,6 +32,9 @@ def lora_bert(tiny_bert, sentiment_csv, seed: int):
     return built
 
 
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="AOTInductor needs a C++ compiler"
+)
 def test_compiled_evaluation_matches_eager_and_reuses_the_code_with_new_weights(
     tiny_bert, sentiment_csv, peftlab_home, few_inputs_compile, capsys
 ):
