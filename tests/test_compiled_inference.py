@@ -114,3 +114,16 @@ def test_compiling_is_skipped_where_it_does_not_pay(
     built = Built(tiny_bert, sentiment_csv, "lora")
     assert reason in compiled.reason_to_skip(built.task, inputs, precision, device)
     assert compiled.reason_to_skip(built.task, 1000, "fp32", "cpu") is None
+
+
+def test_an_unwritable_cache_means_eager_with_a_note(
+    tiny_bert, sentiment_csv, tmp_path, few_inputs_compile, monkeypatch, capsys
+):
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("PEFTLAB_HOME", str(blocker))
+    built = lora_bert(tiny_bert, sentiment_csv, seed=1)
+    items = built.task.encode(built.dataset.splits["test"])
+    out = evaluate(built.model, built.task, items, 16, "fp32", compile=True)
+    assert "compiled" not in out
+    assert "compiled inference unavailable" in capsys.readouterr().out

@@ -49,8 +49,9 @@ def compiled_logits(model, task, inputs: int, precision: str, device, log=print)
         log(f"note: running eagerly, not compiled: {skip}")
         return None
     wrapper = _TaskLogits(model, task).eval()
-    folder = cache_folder(wrapper, task, precision)
+    folder = "(not found)"
     try:
+        folder = cache_folder(wrapper, task, precision)
         with locked(folder):
             return cached_or_compiled(folder, wrapper, task, log)
     except Exception as exc:  # an unwritable cache, a damaged library: eager is always right
