@@ -7,6 +7,7 @@ from peft import LoraConfig, get_peft_model
 
 from peftlab.training.fast_dropout import use_fast_dropout
 from peftlab.training.fused_lora import fused_lora, lora_layers
+from peftlab.training.precision import autocast, bf16_frozen_weights
 
 
 def lora_llama(tiny_llama, dropout: float, **options):
@@ -23,10 +24,11 @@ def lora_llama(tiny_llama, dropout: float, **options):
     return model.train()
 
 
-def loss_and_grads(model, ids):
+def loss_and_grads(model, ids, precision: str = "fp32"):
     model.zero_grad()
     torch.manual_seed(7)  # the dropout masks are drawn from torch's generator
-    logits = model(input_ids=ids).logits
+    with autocast(precision, torch.device("cpu")):
+        logits = model(input_ids=ids).logits
     loss = logits.float().pow(2).mean()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -48,13 +50,36 @@ def test_fused_layers_match_peft_outputs_and_gradients(tiny_llama, dropout):
     assert "forward" not in vars(lora_layers(model)[0])  # peft's own forward is back
 
 
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.float() - expected.float()).norm() / expected.float().norm())
+
+
+def test_under_bf16_autocast_the_fused_layers_compute_in_bf16_like_peft(tiny_llama):
+    """As training runs on a CPU with native bf16: autocast, frozen weights as bf16 copies.
+    Both paths round in bf16 (in a different order), so they agree to bf16's precision;
+    the trainable weights' gradients stay fp32."""
+    model = lora_llama(tiny_llama, 0.2)
+    ids = torch.randint(0, model.config.vocab_size, (3, 11))
+    with bf16_frozen_weights(model, "bf16") as copies:
+        assert copies > 0
+        expected_logits, expected_grads = loss_and_grads(model, ids, "bf16")
+        with fused_lora(model):
+            logits, grads = loss_and_grads(model, ids, "bf16")
+    assert logits.dtype == expected_logits.dtype == torch.bfloat16
+    assert relative_error(logits, expected_logits) < 2e-2  # a 5% error in alpha: 0.05
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        assert relative_error(grad, expected_grads[name]) < 5e-2, name  # there: 0.17
+
+
 def test_layers_it_does_not_cover_run_pefts_forward(tiny_llama):
     model = lora_llama(tiny_llama, 0.1, use_dora=True)
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
     expected_logits, expected_grads = loss_and_grads(model, ids)
     with fused_lora(model):
         logits, grads = loss_and_grads(model, ids)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast: peft's path too
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # and under autocast
             assert model(input_ids=ids).logits.dtype == torch.bfloat16
     assert torch.equal(logits, expected_logits)
     for name, grad in grads.items():

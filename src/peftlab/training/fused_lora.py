@@ -10,10 +10,15 @@ the dropout's boolean mask and the rank-sized hidden are kept for the backward (
 the dropped-out input in full). The masks are fast_dropout's, drawn in the same order, so
 a run's randomness is unchanged; results agree with peft's to float rounding.
 
+Under the CPU's bf16 autocast the node computes in bf16, as autocast would have run
+each of peft's matmuls (the casts before it are autograd nodes: fp32 trainable weights
+get fp32 gradients); the frozen weight is then usually already a bf16 copy
+(precision.bf16_frozen_weights).
+
 Written by hand because no kept library fuses a LoRA layer on a CPU (unsloth's kernels
 are Triton, for GPUs). Layers it does not cover run peft's own forward: a variant (DoRA
 and the like), several active adapters, a trainable base weight or bias, a bias on
-lora_B, another base layer type (Conv1D, quantized), a GPU, or autocast (bf16).
+lora_B, another base layer type (Conv1D, quantized), a GPU, or autocast to fp16.
 """
 
 from __future__ import annotations
@@ -79,16 +84,32 @@ def _plain_adapter(layer) -> str | None:
 
 def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _plain_adapter(layer) if not args and not kwargs else None
-    if name is None or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+    if name is None or x.device.type != "cpu":
         return type(layer).forward(layer, x, *args, **kwargs)
     base, lora_a, lora_b = layer.get_base_layer(), layer.lora_A[name], layer.lora_B[name]
     dropout = layer.lora_dropout[name]
     p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-    if x.dtype != base.weight.dtype or x.dtype != lora_a.weight.dtype or p >= 1:
+    tensors = (x, base.weight, base.bias, lora_a.weight, lora_b.weight)
+    dtype = _compute_dtype(tensors)
+    if dtype is None or p >= 1:
         return type(layer).forward(layer, x, *args, **kwargs)
+    x, weight, bias, a, b = (None if t is None else t.to(dtype) for t in tensors)
     keep = keep_mask(x, p) if p > 0 else None
     alpha = layer.scaling[name] / (1.0 - p)
-    return _LoraLinear.apply(x, base.weight, base.bias, lora_a.weight, lora_b.weight, keep, alpha)
+    with torch.autocast("cpu", enabled=False):
+        return _LoraLinear.apply(x, weight, bias, a, b, keep, alpha)
+
+
+def _compute_dtype(tensors) -> torch.dtype | None:
+    """The dtype the layer computes in: bf16 under the CPU's bf16 autocast (every matmul
+    of peft's path runs in it there; the casts are autograd nodes, so fp32 trainable
+    weights get fp32 gradients), else the one dtype all tensors share; None for a mix
+    this path does not cover (peft's forward handles it)."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype == torch.bfloat16 else None
+    dtypes = {t.dtype for t in tensors if t is not None}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
