@@ -99,6 +99,19 @@ def pipelines_for(case: dict) -> tuple[str, ...]:
     return tuple(p for p in keep if p != "peer_bf16" or native_bf16())
 
 
+def chosen_pipelines(case: dict, asked: str | None) -> tuple[str, ...]:
+    """pipelines_for(case), narrowed to --pipelines (peftlab kept: every ratio is ours over
+    theirs); a long case fits a time box without the peers it does not need."""
+    applicable = pipelines_for(case)
+    if not asked:
+        return applicable
+    names = {p.strip() for p in asked.split(",") if p.strip()}
+    unknown = names - set(PIPELINES)
+    if unknown:
+        sys.exit(f"--pipelines: unknown {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
+    return tuple(p for p in applicable if p == "peftlab" or p in names)
+
+
 def case_config(name: str, seed: int | None = None, quick: bool = False) -> dict:
     case = {**COMMON, **CASES[name], **(QUICK[name] if quick else {}), "name": name}
     if seed is not None:
@@ -283,6 +296,11 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--pipelines",
+        help=f"comma-separated, among {', '.join(PIPELINES)} (default: every one that applies); "
+        "peftlab always runs, the ratios need it",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="one round per case on less data (QUICK), kept as '<case> (quick)'",
@@ -321,7 +339,7 @@ def main() -> int:
     seeds = round_seeds(args)
     for case in cases:
         config = case_config(case, quick=args.quick)
-        pipelines = pipelines_for(config)
+        pipelines = chosen_pipelines(config, args.pipelines)
         runs: dict[str, list] = {p: [] for p in pipelines}
         for round_, seed in enumerate(seeds):
             turn = round_ % len(pipelines)
