@@ -1,9 +1,12 @@
-"""Atomic file and folder writes: a crash never leaves a half-written file behind."""
+"""Atomic file and folder writes (a crash never leaves a half-written file behind), the
+locks and the content keys of the on-disk caches."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -61,6 +64,22 @@ def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def content_key(parts: dict, length: int = 16) -> str:
+    """A cache entry's name: a digest of what it depends on. Dataclasses count by their
+    fields, other objects json cannot write by their str(); sets are sorted first (their
+    order differs by process, and a key that changes with it never hits)."""
+    text = json.dumps(parts, sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _plain(value) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    return str(value)
 
 
 @contextlib.contextmanager

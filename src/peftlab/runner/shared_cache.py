@@ -10,16 +10,11 @@ here is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-from peftlab.fsutil import locked, write_json_atomic
-
-
-def content_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from peftlab.fsutil import content_key, locked, write_json_atomic
 
 
 def data_key(cfg) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 
 from peftlab.data.assets import peftlab_home
 from peftlab.failure import first_line
-from peftlab.fsutil import locked, write_dir_atomic, write_json_atomic
+from peftlab.fsutil import content_key, locked, write_dir_atomic, write_json_atomic
 from peftlab.training.flops import machine
 
 MIN_INPUTS = 256  # fewer inputs never repay loading the library, let alone compiling it
@@ -126,9 +125,7 @@ def cache_folder(wrapper: _TaskLogits, task, precision: str) -> Path:
         "head": [type(task.head).__qualname__, getattr(task.head, "token_ids", None)],
         "max_length": task.max_length,
     }
-    text = json.dumps(parts, sort_keys=True, default=_plain)
-    key = hashlib.sha256(text.encode()).hexdigest()[:24]
-    return peftlab_home() / "compiled" / key
+    return peftlab_home() / "compiled" / content_key(parts, length=24)
 
 
 def source_digest(*objects) -> str:
@@ -137,13 +134,6 @@ def source_digest(*objects) -> str:
     for obj in objects:
         digest.update(Path(inspect.getfile(obj)).read_bytes())
     return digest.hexdigest()
-
-
-def _plain(value):
-    """JSON for what json cannot write; sets sorted (their order differs by process)."""
-    if isinstance(value, (set, frozenset)):
-        return sorted(map(str, value))
-    return str(value)
 
 
 def module_states(model: nn.Module) -> dict:
