@@ -100,6 +100,31 @@ def test_a_model_that_does_not_export_is_evaluated_eagerly_and_not_tried_again(
     assert list((peftlab_home / "compiled").glob("*/failed.json"))
 
 
+def test_a_killed_compiles_leftovers_are_removed_before_compiling_again(
+    tiny_bert, sentiment_csv, peftlab_home, few_inputs_compile, monkeypatch
+):
+    built = lora_bert(tiny_bert, sentiment_csv, seed=1)
+    items = built.task.encode(built.dataset.splits["test"])
+    started = []
+
+    def refuse(tmp, wrapper, task):
+        started.append(tmp)
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(compiled, "compile_into", refuse)
+    evaluate(built.model, built.task, items, 16, "fp32", compile=True)
+    (failed,) = (peftlab_home / "compiled").glob("*/failed.json")
+    folder = failed.parent
+    failed.unlink()  # as if the first compile had been killed instead
+    killed = folder.parent / f".{folder.name}.k1ll3d"  # write_dir_atomic's temporary
+    (killed / "data").mkdir(parents=True)
+    other = folder.parent / ".0123456789abcdef01234567.busy"  # another key's: not ours
+    other.mkdir()
+    evaluate(built.model, built.task, items, 16, "fp32", compile=True)
+    assert len(started) == 2 and started[1].parent == folder.parent
+    assert not killed.exists() and other.exists()
+
+
 @pytest.mark.parametrize(
     ("inputs", "precision", "device", "reason"),
     [

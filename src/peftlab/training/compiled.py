@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import shutil
 from pathlib import Path
 
 import torch
@@ -65,6 +66,7 @@ def cached_or_compiled(folder: Path, wrapper: _TaskLogits, task, log):
     if (folder / FAILED).is_file():
         return None
     if not (folder / PROGRAM).is_file():
+        remove_killed_compiles(folder)
         log(f"compiling the {task.name} forward once for this model's structure ...")
         try:
             write_dir_atomic(folder, lambda tmp: compile_into(tmp, wrapper, task))
@@ -74,6 +76,14 @@ def cached_or_compiled(folder: Path, wrapper: _TaskLogits, task, log):
             log(f"note: this model does not compile ({reason}); running eagerly")
             return None
     return CompiledLogits.load(folder, wrapper)
+
+
+def remove_killed_compiles(folder: Path) -> None:
+    """What a compile killed mid-way left beside `folder` (write_dir_atomic's dot-named
+    temporaries, hundreds of MB for a large model). Only while holding folder's lock: no
+    other process is writing this key then."""
+    for stale in folder.parent.glob(f".{folder.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def reason_to_skip(task, inputs: int, precision: str, device) -> str | None:
