@@ -73,9 +73,9 @@ class Predictor:
         self.device = next(model.parameters()).device
         # The run's own (resolved) precision: predictions reproduce its evaluation.
         self.precision = cfg.train.precision
-        # Compiled logits (training/compiled.py) lost on a merged MiniLM here (0.93x on
-        # 1,000 texts, AVX2 EPYC): not offered by `predict`; bench/compiled_inference.py
-        # measures it on each kind of CPU.
+        # Compiled logits (training/compiled.py) lost on a merged MiniLM (1,000 texts:
+        # 0.93x on an AVX2 EPYC, 0.72x on an AMX Xeon): not offered by `predict`;
+        # bench/compiled_inference.py measures it on each kind of CPU.
         self.compile = compile
 
     @property

@@ -13,7 +13,8 @@ What it buys is the work around the matmuls (fused norms, activations, masks and
 the matmuls themselves run in the same libraries as in eager mode, and they are most of
 the time. Measured (bench/compiled_inference.py, AVX2 EPYC, fp32, 1,000 texts, medians of
 7 alternating fresh processes): the tuned MiniLM + LoRA evaluation 1.07x (6.53 vs 6.97 s,
-the first run 45 s), a merged MiniLM's `predict` 0.93x (a loss: not offered there). Only
+the first run 45 s), a merged MiniLM's `predict` 0.93x (a loss: not offered there); on an
+Intel Xeon with AMX, whose eager fp32 is faster, both lose (0.75x, 0.72x). Only
 where the work is large (`MIN_INPUTS`) and on a CPU in fp32, the kind measured. A model
 that does not export runs eagerly, with one line saying why, and is not tried again (the
 reason is kept beside the cache entry).
