@@ -90,8 +90,12 @@ def remove_killed_compiles(folder: Path) -> None:
 def reason_to_skip(task, inputs: int, precision: str, device) -> str | None:
     if inputs < MIN_INPUTS:
         return f"{inputs} inputs (compiled from {MIN_INPUTS})"
-    if torch.device(device).type != "cpu" or precision != "fp32":
-        return "compiled inference is measured on CPUs in fp32 only"
+    kind = torch.device(device).type
+    if kind != "cpu" or precision != "fp32":
+        return (
+            f"compiled inference is measured on CPUs in fp32 only (this run: {precision} on "
+            f"{kind}; on a CPU, --precision fp32 compiles)"
+        )
     if not hasattr(task, "head"):
         return f"the {task.name} task has no classification head"
     return None
