@@ -154,3 +154,20 @@ def test_label_word_logits_come_from_the_heads_rows_alone(tiny_llama):
     assert torch.allclose(model.lm_head.weight.grad, expected_grad, atol=1e-6)
     with label_word_rows(nn.Sequential(), [1]) as only_labels:  # no LM head: nothing changes
         assert not only_labels
+
+
+@pytest.mark.parametrize("users", [None, "32"])
+def test_onednn_primitive_cache_is_sized_for_a_runs_shapes_unless_the_user_sized_it(users):
+    import os
+    import subprocess
+    import sys
+
+    import peftlab
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if users:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = users
+    read = "import os, peftlab; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == (users or str(peftlab.ONEDNN_PRIMITIVE_CACHES))
+    assert peftlab.ONEDNN_PRIMITIVE_CACHES >= 256  # 64 rebuilt MiniLM's primitives every step

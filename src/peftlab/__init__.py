@@ -3,11 +3,15 @@
 import logging
 import os
 
-# bf16 matmuls on a CPU go through oneDNN, which caches one primitive (with its reordered
-# weights) per distinct input shape; variable-length batches made that cache the largest
-# memory growth of a bf16 run (MiniLM: 1521 MB peak RSS vs 1184 MB with 64 entries, at
-# the same speed). A user's own setting wins.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+ONEDNN_PRIMITIVE_CACHES = 256
+
+# bf16 matmuls on a CPU go through oneDNN, which caches one primitive (JIT-compiled code)
+# per distinct shape. Unbounded, variable-length batches made that cache the largest
+# memory growth of a bf16 run; with widths padded to a multiple of 8 (tasks/text_formats)
+# a run has a few hundred shapes at most. 64 entries were too few for a MiniLM LoRA step:
+# it rebuilt primitives all the time (Intel Xeon with AMX: 83-88 vs 101-106 samples/s
+# with 256, +50 MB; 1024 gave no more; SmolLM2 the same speed). A user's own setting wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHES))
 
 # bitsandbytes (imported by peft) warns on every start on a CPU with AVX512-BF16 that it
 # could not fetch an optional 4-bit kernel from the Hugging Face Hub; it then uses its own
