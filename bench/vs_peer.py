@@ -329,6 +329,9 @@ def main() -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case {unknown}; choose from {', '.join(CASES)}")
+    # Checked before the peak is measured: a mistyped --pipelines fails at once.
+    configs = {case: case_config(case, quick=args.quick) for case in cases}
+    chosen = {case: chosen_pipelines(config, args.pipelines) for case, config in configs.items()}
     peak = matmul_peak()
     print(f"matmul peak GFLOP/s: {peak}", flush=True)
     out = Path(args.out)
@@ -338,8 +341,7 @@ def main() -> int:
     slot["machine"] = {**info, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peak}
     seeds = round_seeds(args)
     for case in cases:
-        config = case_config(case, quick=args.quick)
-        pipelines = chosen_pipelines(config, args.pipelines)
+        config, pipelines = configs[case], chosen[case]
         runs: dict[str, list] = {p: [] for p in pipelines}
         for round_, seed in enumerate(seeds):
             turn = round_ % len(pipelines)
