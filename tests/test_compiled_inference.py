@@ -157,3 +157,35 @@ def test_an_unwritable_cache_means_eager_with_a_note(
     out = evaluate(built.model, built.task, items, 16, "fp32", compile=True)
     assert "compiled" not in out
     assert "compiled inference unavailable" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="AOTInductor needs a C++ compiler"
+)
+def test_predict_compiles_on_request_with_the_same_labels_and_a_clean_stdout(
+    tiny_bert, sentiment_csv, tmp_path, peftlab_home, few_inputs_compile, capsys
+):
+    import json
+
+    import tiny
+
+    from peftlab.cli import main
+
+    out = tmp_path / "run"
+    run = ["run", *tiny.where(tiny_bert, sentiment_csv, out), "--precision", "fp32"]
+    assert main([*run, "--epochs", "1", *tiny.ALL_ROWS]) == 0
+    texts = [f"{word} film number {i}" for i in range(6) for word in ("great", "dull")]
+
+    def predict(*extra):
+        capsys.readouterr()
+        assert main(["predict", "--adapter", str(out / "adapter"), *texts, *extra]) == 0
+        printed = capsys.readouterr()
+        return [json.loads(line) for line in printed.out.splitlines()], printed.err
+
+    eager, _ = predict()
+    fast, notes = predict("--compile-inference")
+    assert "compiling" in notes  # on stderr: stdout holds only the predictions
+    assert [r["label"] for r in fast] == [r["label"] for r in eager]
+    for a, b in zip(fast, eager, strict=True):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    assert len(list((peftlab_home / "compiled").glob("*/logits.pt2"))) == 1

@@ -7,6 +7,7 @@ did. `use_adapter=False` gives the bare base model with the same task, for compa
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -73,9 +74,9 @@ class Predictor:
         self.device = next(model.parameters()).device
         # The run's own (resolved) precision: predictions reproduce its evaluation.
         self.precision = cfg.train.precision
-        # Compiled logits (training/compiled.py) lost on a merged MiniLM (1,000 texts:
-        # 0.93x on an AVX2 EPYC, 0.72x on an AMX Xeon): not offered by `predict`;
-        # bench/compiled_inference.py measures it on each kind of CPU.
+        # Compiled logits (training/compiled.py), opt-in (`predict --compile-inference`):
+        # a merged MiniLM, 1,000 texts, 1.09x on an AMX Xeon once loading took
+        # milliseconds (0.93x on an AVX2 EPYC before that); bench/compiled_inference.py.
         self.compile = compile
 
     @property
@@ -97,7 +98,7 @@ class Predictor:
         compiled = None
         if self.compile:
             compiled = compiled_logits(
-                self.model, self.task, len(items), self.precision, self.device
+                self.model, self.task, len(items), self.precision, self.device, log=_note
             )
         logits = compiled or (lambda batch: self.task.logits(self.model, batch))
 
@@ -148,3 +149,8 @@ def reload_artifact(method: Method, folder: Path, base, args: MethodArgs, info: 
     model = method.attach(base, args, info)
     load_trainable_state(model, load_file(folder / NATIVE_WEIGHTS), str(folder / NATIVE_WEIGHTS))
     return model
+
+
+def _note(message: str) -> None:
+    """Compiling's notes go to stderr: stdout may be the predictions themselves."""
+    print(message, file=sys.stderr, flush=True)

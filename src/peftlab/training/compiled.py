@@ -5,16 +5,17 @@ disk, but dynamo re-traces the model in every process (MiniLM: 29.5 s to the fir
 with warm caches), which a 1,000-text evaluation never repays. `torch.export` +
 AOTInductor build a shared library once per model *structure* (architecture, config,
 method, tensor shapes, precision, this torch and this CPU's instruction set); a later
-process loads it in about half a second and hands it the live weights (the weights are
+process loads it in milliseconds and hands it the live weights (the weights are
 kept out of the library), so a newly trained adapter of the same shape, or a merged one
 on the same base, reuses the code compiled for an earlier one.
 
 What it buys is the work around the matmuls (fused norms, activations, masks and copies):
 the matmuls themselves run in the same libraries as in eager mode, and they are most of
-the time. Measured (bench/compiled_inference.py, AVX2 EPYC, fp32, 1,000 texts, medians of
-7 alternating fresh processes): the tuned MiniLM + LoRA evaluation 1.07x (6.53 vs 6.97 s,
-the first run 45 s), a merged MiniLM's `predict` 0.93x (a loss: not offered there); on an
-Intel Xeon with AMX, whose eager fp32 is faster, both lose (0.75x, 0.72x). Only
+the time. Measured (bench/compiled_inference.py, fp32, 1,000 texts, medians of
+alternating fresh processes): on an Intel Xeon with AMX, the tuned MiniLM + LoRA
+evaluation 1.20x (2.71 vs 3.26 s, the first run 28 s), a merged MiniLM's `predict` 1.09x
+(2.24 vs 2.44 s); with torch's own package loader (1.1 s a process, see _Library) both
+lost there (0.75x, 0.72x), and on an AVX2 EPYC gave 1.07x and 0.93x. Only
 where the work is large (`MIN_INPUTS`) and on a CPU in fp32, the kind measured. A model
 that does not export runs eagerly, with one line saying why, and is not tried again (the
 reason is kept beside the cache entry).
@@ -93,8 +94,9 @@ def reason_to_skip(task, inputs: int, precision: str, device) -> str | None:
     kind = torch.device(device).type
     if kind != "cpu" or precision != "fp32":
         return (
-            f"compiled inference is measured on CPUs in fp32 only (this run: {precision} on "
-            f"{kind}; on a CPU, --precision fp32 compiles)"
+            f"compiled inference is measured on CPUs in fp32 only (here: {precision} on "
+            f"{kind}; on a CPU, a run with --precision fp32 compiles, and so does predict "
+            "with its adapter)"
         )
     if not hasattr(task, "head"):
         return f"the {task.name} task has no classification head"
