@@ -240,12 +240,13 @@ class CompiledLogits:
 class _Library:
     """A compiled package's model, called as (input_ids, attention_mask) -> logits.
 
-    torch's own loader (`torch._inductor.aoti_load_package`) imports inductor and the
-    export archive reader first: 1.9 s in a fresh process on the AMX Xeon, for a library
-    whose C++ loader then takes 2 ms; that import was what made a later compiled run lose
-    to eager there. So this calls the C++ loader directly, as that function does in the
-    end, and does its argument flattening for our one fixed signature. The package is
-    ours, written by this torch (its version is in the cache key)."""
+    torch's own loader (`torch._inductor.aoti_load_package`) reads the whole package
+    archive (`load_pt2`) before it makes the C++ loader: 1.1 s in each fresh process on
+    the AMX Xeon (1.9 s where inductor is not imported yet), for a library whose C++
+    loader then takes 2 ms; that was what made a later compiled run lose to eager there.
+    So this calls the C++ loader directly, as that function does in the end, and does its
+    argument flattening for our one fixed signature. The package is ours, written by this
+    torch (its version is in the cache key)."""
 
     def __init__(self, path: Path):
         from torch.utils import _pytree
