@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils import _pytree
 
 from peftlab.data.assets import peftlab_home
 from peftlab.failure import first_line
@@ -225,9 +226,8 @@ class CompiledLogits:
 
         runner = _Library(folder / PROGRAM)
         available = {**load_file(str(folder / SIDE_CONSTANTS)), **wrapper.constants()}
-        wanted = runner.loader.get_constant_fqns()
-        constants = {name: available[name] for name in wanted}
-        runner.loader.load_constants(constants, False, True, True)  # check all; user-managed
+        constants = {name: available[name] for name in runner.constant_names()}
+        runner.use_constants(constants)
         return cls(runner, wrapper, sequence_bound(wrapper.task), constants)
 
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -249,12 +249,18 @@ class _Library:
     torch (its version is in the cache key)."""
 
     def __init__(self, path: Path):
-        from torch.utils import _pytree
-
         self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-        self._unflatten = _pytree.tree_unflatten
         self._out_spec = _pytree.treespec_loads(self.loader.get_call_spec()[1])
+
+    def constant_names(self) -> list[str]:
+        return self.loader.get_constant_fqns()
+
+    def use_constants(self, constants: dict[str, torch.Tensor]) -> None:
+        """Every constant, read in place: the caller keeps the tensors alive."""
+        self.loader.load_constants(
+            constants, use_inactive=False, check_full_update=True, user_managed=True
+        )
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         outputs = self.loader.boxed_run([input_ids, attention_mask])
-        return self._unflatten(outputs, self._out_spec)
+        return _pytree.tree_unflatten(outputs, self._out_spec)
