@@ -5,10 +5,13 @@ and passes over activation-sized tensors for the dropout's two products, the sca
 the sum, forward and again backward, in each of SmolLM2's 210 adapted layers per step.
 Here one node computes the same sum: the dropout's 1/(1-p) and LoRA's scaling fold into
 the alpha of the addmm that adds the adapter's output to the base's, and the backward
-adds the adapter's masked input gradient to the base's in one addcmul. Only the input,
-the dropout's boolean mask and the rank-sized hidden are kept for the backward (peft keeps
-the dropped-out input in full). The masks are fast_dropout's, drawn in the same order, so
-a run's randomness is unchanged; results agree with peft's to float rounding.
+adds the adapter's masked input gradient to the base's in one addcmul. The dropped-out
+input, the dropout's boolean mask and the rank-sized hidden are kept for the backward:
+the dropped input rather than the input, so the backward need not multiply it again
+(under autocast the input is a per-layer cast anyway, so memory is unchanged; whole runs
+2% faster on SmolLM2, 6% on MiniLM: bench/levers.json). The masks are fast_dropout's,
+drawn in the same order, so a run's randomness is unchanged; results agree with peft's
+to float rounding.
 
 Under the CPU's bf16 autocast the node computes in bf16, as autocast would have run
 each of peft's matmuls (the casts before it are autograd nodes: fp32 trainable weights
@@ -42,18 +45,17 @@ class _LoraLinear(torch.autograd.Function):
         hidden = dropped @ lora_a.t()
         out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
         out.addmm_(hidden, lora_b.t(), alpha=alpha)
-        ctx.save_for_backward(flat, keep, hidden, weight, lora_a, lora_b)
+        ctx.save_for_backward(dropped, keep, hidden, weight, lora_a, lora_b)
         ctx.alpha, ctx.in_shape = alpha, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        flat, keep, hidden, weight, lora_a, lora_b = ctx.saved_tensors
-        mask = None if keep is None else scaled_mask(keep, flat.dtype)
+        dropped, keep, hidden, weight, lora_a, lora_b = ctx.saved_tensors
+        mask = None if keep is None else scaled_mask(keep, dropped.dtype)
         grad = grad.reshape(-1, grad.shape[-1])
         grad_hidden = (grad @ lora_b).mul_(ctx.alpha)
         grad_b = (grad.t() @ hidden).mul_(ctx.alpha) if ctx.needs_input_grad[4] else None
-        dropped = flat if mask is None else flat * mask
         grad_a = grad_hidden.t() @ dropped if ctx.needs_input_grad[3] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
