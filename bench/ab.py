@@ -7,8 +7,8 @@ Each round runs both versions in fresh processes (the order rotates every round)
 same harness (this checkout's bench/vs_peer.py); only the package differs, imported from
 a worktree of each revision (`B` defaults to this working tree, uncommitted changes
 included). Medians of train samples/s, peak RSS and the test metric, B over A, are
-printed and added to bench/levers.json under the lever's name and this CPU's key, so a
-kept lever's figure and a dropped one's both stay on record.
+printed and added to bench/levers.json under this CPU's key, the lever's name and the
+case, so a kept lever's figure and a dropped one's both stay on record.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def record(args, runs: dict) -> None:
     out = Path(args.out)
     levers = json.loads(out.read_text()) if out.exists() else {}
     key, info = vs_peer.this_machine()
-    levers.setdefault(key, {"machine": info, "levers": {}})["levers"][args.lever] = entry
+    by_lever = levers.setdefault(key, {"machine": info, "levers": {}})["levers"]
+    by_lever.setdefault(args.lever, {})[entry["case"]] = entry  # one lever, several cases
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(levers, indent=2) + "\n")
     tmp.replace(out)
