@@ -68,3 +68,23 @@ def test_quick_mode_runs_every_case_on_less_data():
         assert {k: v for k, v in quick.items() if not k.endswith("_samples")} == {
             k: v for k, v in full.items() if not k.endswith("_samples")
         }
+
+
+def test_a_lever_measured_on_two_cases_keeps_both(tmp_path, capsys):
+    import argparse
+
+    import ab
+
+    out = tmp_path / "levers.json"
+    for case, speed in (("minilm-lora", 2.0), ("smollm2-lora", 3.0)):
+        runs = {
+            side: [{"samples_per_s": s, "peak_memory_mb": 900.0, "metric": 0.5}]
+            for side, s in (("a", 1.0), ("b", speed))
+        }
+        args = argparse.Namespace(a="A", b="B", lever="L", case=case, quick=False, out=out)
+        ab.record(args, runs)
+    levers = next(iter(json.loads(out.read_text()).values()))["levers"]
+    assert {case: entry["speedup"] for case, entry in levers["L"].items()} == {
+        "minilm-lora": 2.0,
+        "smollm2-lora": 3.0,
+    }
