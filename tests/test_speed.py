@@ -48,6 +48,31 @@ def test_fast_dropout_is_seeded_by_torch_and_off_in_eval():
     assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
 
 
+def test_fast_dropout_compiles_in_one_graph_with_numpys_masks():
+    """Under torch.compile the masks come from the custom op (one graph, no break): the
+    same rate and scale, the gradient through the same mask, reproducible from torch's
+    seed, and not one mask reused by two dropouts of the same input."""
+    torch._dynamo.reset()
+
+    def two_dropouts(x):
+        return layer(x), layer(x)
+
+    layer = FastDropout(0.25)
+    compiled = torch.compile(two_dropouts, fullgraph=True, dynamic=True)
+    x = torch.randn(256, 96, requires_grad=True)
+    torch.manual_seed(3)
+    first, second = compiled(x)
+    kept = first.detach() != 0
+    assert abs(1 - kept.float().mean().item() - 0.25) < 0.01
+    assert torch.allclose(first[kept], x[kept] / 0.75)
+    assert not torch.equal(kept, second.detach() != 0)  # each call its own mask
+    first.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    torch.manual_seed(3)
+    assert torch.equal(compiled(x)[0], first)  # a resumed run draws the same masks
+    assert compiled(torch.randn(8, 5, requires_grad=True))[0].shape == (8, 5)
+
+
 def test_use_fast_dropout_swaps_every_plain_dropout():
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), nn.ModuleDict({"a": nn.Dropout(0.05)}))
     model.eval()
