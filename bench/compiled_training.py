@@ -6,8 +6,8 @@ on every linear layer of the blocks, dropout 0.05, under bf16 autocast (fp32 whe
 CPU has no native bf16), eager attention, frozen weights in the compute dtype, fused
 AdamW, batches of 8 random token rows:
 - `eager`: what `peftlab run` does (FastDropout, the fused LoRA node);
-- `compiled`: peft's own LoRA layers, each block `nn.Module.compile()`d, the dropout
-  masks drawn by numpy inside a custom op (inductor's own CPU random numbers made the
+- `compiled`: peft's own LoRA layers, each block `nn.Module.compile()`d, FastDropout's
+  masks drawn by numpy inside its custom op (inductor's own CPU random numbers made the
   step slower than eager: ~1010 against ~790 ms on the AMX Xeon).
 Each side runs in a fresh process, alternating; the first two steps' extra time is the
 compile (or warm-up), the medians of the rest are the step times. Inductor's on-disk
@@ -34,46 +34,6 @@ HERE = Path(__file__).parent
 LENGTHS = (64, 56, 72, 64, 48, 64, 80, 64)  # mixed lengths, 64 on average
 
 
-def keep_mask_op():
-    """The dropout mask as a custom op: opaque to inductor (numpy draws it), functional
-    given its seed, which the compiled graph draws from torch's generator."""
-    import numpy as np
-    import torch
-
-    # The schema is spelled out: annotations are strings here (`from __future__`).
-    schema = "(Tensor x, float p, Tensor seed) -> Tensor"
-
-    @torch.library.custom_op("peftlab_bench::keep_mask", mutates_args=(), schema=schema)
-    def keep_mask(x, p, seed):
-        raw = np.random.PCG64(int(seed)).random_raw((x.numel() + 3) // 4)
-        draws = raw.view(np.uint16)[: x.numel()]
-        return torch.from_numpy(draws >= round(p * (1 << 16))).view(x.shape)
-
-    @keep_mask.register_fake
-    def _(x, p, seed):
-        return torch.empty(x.shape, dtype=torch.bool)
-
-    return keep_mask
-
-
-def op_dropout(model) -> None:
-    import torch
-
-    keep_mask = keep_mask_op()
-
-    class OpDropout(torch.nn.Dropout):
-        def forward(self, x):
-            if not self.training or self.p == 0:
-                return x
-            keep = keep_mask(x, self.p, torch.randint(0, 2**62, (1,)))
-            return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
-
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is torch.nn.Dropout and child.p > 0:
-                setattr(parent, name, OpDropout(child.p))
-
-
 def build(kind: str, precision: str, stack: contextlib.ExitStack):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -94,11 +54,10 @@ def build(kind: str, precision: str, stack: contextlib.ExitStack):
     model.train()
     stack.enter_context(bf16_frozen_weights(model, precision))
     blocks = model.base_model.model.model
+    use_fast_dropout(model)  # compiled, its masks come from the custom op peftlab::keep_mask
     if kind == "eager":
-        use_fast_dropout(model)
         stack.enter_context(fused_lora(model))
     else:
-        op_dropout(model)
         for block in blocks.layers:
             block.compile(dynamic=True)
     return model, blocks
