@@ -73,6 +73,25 @@ def test_under_bf16_autocast_the_fused_layers_compute_in_bf16_like_peft(tiny_lla
         assert relative_error(grad, expected_grads[name]) < 5e-2, name  # there: 0.17
 
 
+def test_a_shared_input_is_kept_once_and_an_own_cast_is_kept_dropped_out():
+    """fp32: q, k and v keep the one input they share (no dropped-out copy each); under
+    bf16 autocast each node's input is its own cast, and it keeps the dropped-out input."""
+    from peft.tuners.lora.layer import Linear
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["0"])
+    layer = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 16)), config).train()
+    use_fast_dropout(layer)
+    adapted = next(m for m in layer.modules() if type(m) is Linear)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    with fused_lora(layer):
+        kept = adapted(x).grad_fn.saved_tensors[0]
+        assert kept.data_ptr() == x.data_ptr()  # the input itself, shared
+        with autocast("bf16", torch.device("cpu")):
+            kept = adapted(x).grad_fn.saved_tensors[0]
+    assert kept.dtype == torch.bfloat16 and 0.3 < float((kept == 0).float().mean()) < 0.7
+
+
 def test_layers_it_does_not_cover_run_pefts_forward(tiny_llama):
     model = lora_llama(tiny_llama, 0.1, use_dora=True)
     ids = torch.randint(0, model.config.vocab_size, (2, 9))

@@ -5,11 +5,14 @@ and passes over activation-sized tensors for the dropout's two products, the sca
 the sum, forward and again backward, in each of SmolLM2's 210 adapted layers per step.
 Here one node computes the same sum: the dropout's 1/(1-p) and LoRA's scaling fold into
 the alpha of the addmm that adds the adapter's output to the base's, and the backward
-adds the adapter's masked input gradient to the base's in one addcmul. The dropped-out
-input, the dropout's boolean mask and the rank-sized hidden are kept for the backward:
-the dropped input rather than the input, so the backward need not multiply it again
-(under autocast the input is a per-layer cast anyway, so memory is unchanged; whole runs
-2% faster on SmolLM2, 6% on MiniLM: bench/levers.json). The masks are fast_dropout's,
+adds the adapter's masked input gradient to the base's in one addcmul. It keeps for the
+backward the dropout's boolean mask, the rank-sized hidden and one activation. Under
+autocast that is the dropped-out input, so the backward need not multiply it again: the
+input there is the node's own bf16 cast of the fp32 residual stream (q, k, v, gate, up)
+or an activation nothing else keeps (o, down): no memory lost, whole bf16 runs 2% faster
+on SmolLM2 and 6% on MiniLM (bench/levers.json). Without autocast it is the input
+itself, which q, k and v share: a dropped-out copy each took 12% more peak memory
+(SmolLM2 fp32, 512 tokens: 11.7-11.8 against 10.3 GB). The masks are fast_dropout's,
 drawn in the same order, so a run's randomness is unchanged; results agree with peft's
 to float rounding.
 
@@ -38,21 +41,24 @@ from peftlab.training.fast_dropout import keep_mask, scaled_mask
 
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, keep, alpha: float):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, keep, alpha: float, keep_dropped: bool):
         flat = x.reshape(-1, x.shape[-1])
         keep = None if keep is None else keep.reshape(flat.shape)
         dropped = flat if keep is None else flat * scaled_mask(keep, flat.dtype)
         hidden = dropped @ lora_a.t()
         out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
         out.addmm_(hidden, lora_b.t(), alpha=alpha)
-        ctx.save_for_backward(dropped, keep, hidden, weight, lora_a, lora_b)
+        ctx.kept_dropped = keep_dropped or keep is None
+        saved = dropped if ctx.kept_dropped else flat
+        ctx.save_for_backward(saved, keep, hidden, weight, lora_a, lora_b)
         ctx.alpha, ctx.in_shape = alpha, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        dropped, keep, hidden, weight, lora_a, lora_b = ctx.saved_tensors
-        mask = None if keep is None else scaled_mask(keep, dropped.dtype)
+        saved, keep, hidden, weight, lora_a, lora_b = ctx.saved_tensors
+        mask = None if keep is None else scaled_mask(keep, saved.dtype)
+        dropped = saved if ctx.kept_dropped else saved * mask
         grad = grad.reshape(-1, grad.shape[-1])
         grad_hidden = (grad @ lora_b).mul_(ctx.alpha)
         grad_b = (grad.t() @ hidden).mul_(ctx.alpha) if ctx.needs_input_grad[4] else None
@@ -63,7 +69,7 @@ class _LoraLinear(torch.autograd.Function):
             base = grad @ weight
             grad_x = base.add_(through_lora) if mask is None else base.addcmul_(through_lora, mask)
             grad_x = grad_x.view(ctx.in_shape)
-        return grad_x, None, None, grad_a, grad_b, None, None
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
 def _plain_adapter(layer) -> str | None:
@@ -93,13 +99,14 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
     tensors = (x, base.weight, base.bias, lora_a.weight, lora_b.weight)
     dtype = _compute_dtype(tensors)
+    autocasting = torch.is_autocast_enabled("cpu")  # read before it is turned off below
     if dtype is None or p >= 1:
         return type(layer).forward(layer, x, *args, **kwargs)
     x, weight, bias, a, b = (None if t is None else t.to(dtype) for t in tensors)
     keep = keep_mask(x, p) if p > 0 else None
     alpha = layer.scaling[name] / (1.0 - p)
     with torch.autocast("cpu", enabled=False):
-        return _LoraLinear.apply(x, weight, bias, a, b, keep, alpha)
+        return _LoraLinear.apply(x, weight, bias, a, b, keep, alpha, autocasting)
 
 
 def _compute_dtype(tensors) -> torch.dtype | None:
