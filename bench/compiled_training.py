@@ -16,7 +16,7 @@ cold compile and later ones a warm one.
 
     python bench/compiled_training.py --rounds 3 [--lengths 64] [--steps 12]
 
-The medians go to bench/compiled_training.json under this CPU's key.
+The medians go to bench/compiled_training.json under this CPU's key and the precision.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def record(summary: dict, out: Path) -> None:
 
     key, info = vs_peer.this_machine()
     report = json.loads(out.read_text()) if out.exists() else {}
-    report[key] = {"machine": info, **summary}
+    machine = report.setdefault(key, {"machine": info})
+    machine[summary["precision"]] = summary  # a CPU's bf16 and fp32 rows side by side
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)

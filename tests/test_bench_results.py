@@ -88,3 +88,14 @@ def test_a_lever_measured_on_two_cases_keeps_both(tmp_path, capsys):
         "minilm-lora": 2.0,
         "smollm2-lora": 3.0,
     }
+
+
+def test_compiled_training_keeps_each_precision_of_a_machine(tmp_path):
+    import compiled_training
+
+    out = tmp_path / "compiled_training.json"
+    for precision, speedup in (("bf16", 1.3), ("fp32", 1.2)):
+        compiled_training.record({"precision": precision, "speedup": speedup}, out)
+    (machine,) = json.loads(out.read_text()).values()
+    assert machine["bf16"]["speedup"] == 1.3 and machine["fp32"]["speedup"] == 1.2
+    assert "device" in machine["machine"]
