@@ -91,6 +91,19 @@ def measure(kind: str, precision: str, lengths: list[int], steps: int) -> dict:
     }
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
+
+
+def token_counts(text: str) -> tuple[int, ...]:
+    parts = text.split(",")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give token counts separated by commas")
+    return tuple(int(p) for p in parts)
+
+
 def summarize(results: dict, precision: str, lengths: list[int]) -> dict:
     eager = statistics.median(r["step_ms"] for r in results["eager"])
     compiled = statistics.median(r["step_ms"] for r in results["compiled"])
@@ -120,14 +133,18 @@ def record(summary: dict, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    parser.add_argument("--rounds", type=positive, default=3)
+    parser.add_argument("--steps", type=positive, default=12, help="per process, >= 3")
+    parser.add_argument(
+        "--lengths", type=token_counts, default=LENGTHS, help="batch lengths, in turn: 64,80"
+    )
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None)
     parser.add_argument("--out", default=str(HERE / "compiled_training.json"))
     parser.add_argument("--one", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    lengths = [int(n) for n in args.lengths.split(",")]
+    if args.steps < 3:
+        parser.error(f"--steps {args.steps}: the first two steps are the compile; give 3 or more")
+    lengths = list(args.lengths)
     if args.precision is None:
         from peftlab.training.precision import resolve
 
@@ -139,7 +156,7 @@ def main() -> int:
     for round_ in range(args.rounds):
         for kind in ("eager", "compiled") if round_ % 2 == 0 else ("compiled", "eager"):
             command = [sys.executable, __file__, "--one", kind, "--steps", str(args.steps)]
-            command += ["--lengths", args.lengths, "--precision", args.precision]
+            command += ["--lengths", ",".join(map(str, lengths)), "--precision", args.precision]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"the {kind} process failed:\n{done.stderr[-3000:]}", file=sys.stderr)
