@@ -27,6 +27,8 @@ sys.path.insert(0, str(HERE))
 
 import vs_peer  # noqa: E402
 
+from peftlab.fsutil import write_json_atomic  # noqa: E402
+
 
 def worktree(rev: str, into: Path) -> Path:
     """A detached checkout of `rev` (the working tree itself for "WORKTREE")."""
@@ -106,9 +108,7 @@ def record(args, runs: dict) -> None:
     key, info = vs_peer.this_machine()
     by_lever = levers.setdefault(key, {"machine": info, "levers": {}})["levers"]
     by_lever.setdefault(args.lever, {})[entry["case"]] = entry  # one lever, several cases
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(levers, indent=2) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, levers)
 
 
 if __name__ == "__main__":

@@ -122,13 +122,13 @@ def record(summary: dict, out: Path) -> None:
     sys.path.insert(0, str(HERE))
     import vs_peer
 
+    from peftlab.fsutil import write_json_atomic
+
     key, info = vs_peer.this_machine()
     report = json.loads(out.read_text()) if out.exists() else {}
     machine = report.setdefault(key, {"machine": info})
     machine[summary["precision"]] = summary  # a CPU's bf16 and fp32 rows side by side
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, report)
 
 
 def main() -> int:

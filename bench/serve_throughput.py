@@ -27,11 +27,11 @@ import statistics
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from peftlab.adapters.package import open_package
 from peftlab.config import DataArgs
 from peftlab.data.sources import load
+from peftlab.fsutil import write_json_atomic
 from peftlab.serving import Limits, Server, parse_adapters
 from peftlab.serving.batcher import Batcher
 from peftlab.serving.engine import Engine
@@ -147,10 +147,7 @@ def main() -> None:
         "medians": summary,
         "all_rounds": rounds,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, result)
     print(f"\nwritten: {args.out}")
 
 

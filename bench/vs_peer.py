@@ -292,6 +292,8 @@ def ratios(results: dict) -> dict:
 
 
 def main() -> int:
+    from peftlab.fsutil import write_json_atomic
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--rounds", type=int, default=3)
@@ -362,9 +364,7 @@ def main() -> int:
         slot["cases"][row] = entry
         print(json.dumps({row: entry["ratios"]}), flush=True)
         # Written after every case: an interrupted benchmark keeps what it measured.
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(out)
+        write_json_atomic(out, report)
     print(table(report), flush=True)
     return 0
 
