@@ -66,17 +66,18 @@ def build(kind: str, precision: str, stack: contextlib.ExitStack):
 def measure(kind: str, precision: str, lengths: list[int], steps: int) -> dict:
     import torch
 
+    from peftlab.training.precision import autocast
+
     with contextlib.ExitStack() as stack:
         model, blocks = build(kind, precision, stack)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=5e-4, fused=True)
         tokens = torch.Generator().manual_seed(1)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         times = []
         for step in range(steps):
             ids = torch.randint(0, 49000, (8, lengths[step % len(lengths)]), generator=tokens)
             start = time.perf_counter()
-            with autocast:
+            with autocast(precision, torch.device("cpu")):
                 hidden = blocks(input_ids=ids, use_cache=False).last_hidden_state
                 loss = hidden[:, -1].float().pow(2).mean()
             loss.backward()
