@@ -287,6 +287,14 @@ class TrainArgs:
         "same labels. MiniLM + LoRA, 1,000 texts: 1.20x on an AMX Xeon, 1.07x on an AVX2 "
         "EPYC (measured with an older, slower loader).",
     )
+    compile_training: bool = arg(
+        False,
+        "Compile each layer block with torch.compile for the training steps (validation "
+        "stays eager; LoRA runs peft's layers there, not peftlab's fused ones). A SmolLM2 + "
+        "LoRA step: 1.34-1.41x faster in bf16, 1.19x in fp32 on an AMX Xeon; the compile "
+        "costs each run about 12 s with inductor's cache warm, minutes cold: for runs of "
+        "hundreds of steps.",
+    )
     keep_best: bool = arg(
         True, "Keep the weights with the best validation metric rather than the last ones."
     )

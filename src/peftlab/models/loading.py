@@ -178,3 +178,21 @@ def cpu_attention(model, longest: int):
     finally:
         if switch:
             base.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
+def no_kv_cache(model):
+    """Inside: the model keeps no key/value cache (`config.use_cache` False, as training
+    recipes set it), so a training forward builds none it would throw away; past key
+    values a method passes itself (prefix tuning) are still used. Every module's config
+    (a composite model's parts hold their own). Under --compile-training the cache's
+    per-layer state made every block compile a graph of its own."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    changed = [c for c in configs.values() if getattr(c, "use_cache", None) is True]
+    for config in changed:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        for config in changed:
+            config.use_cache = True

@@ -21,9 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from peftlab.config import TrainArgs
-from peftlab.models.loading import cpu_attention
+from peftlab.models.loading import cpu_attention, no_kv_cache
 from peftlab.training import distributed, flops, frozen_cache, threads
 from peftlab.training.checkpoints import Checkpoints, LoopState
+from peftlab.training.compiled_blocks import CompiledBlocks, compiled_blocks
 from peftlab.training.evaluate import evaluate
 from peftlab.training.fast_dropout import use_fast_dropout
 from peftlab.training.fused_lora import fused_lora
@@ -135,6 +136,7 @@ class Running:
     frozen: frozen_cache.FrozenCache | None = None
     flops_per_sample: float = 0.0
     threads: int = 1
+    compiled: CompiledBlocks | None = None  # --compile-training's blocks
 
 
 class Fit:
@@ -198,8 +200,9 @@ class Fit:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Running]:
-        """Train mode, the measured span, precision, fused LoRA layers, attention and
-        thread settings, and the frozen layers' outputs computed once where that pays."""
+        """Train mode, the measured span, precision, fused LoRA layers (or compiled
+        blocks), attention, no key/value cache, thread settings, and the frozen layers'
+        outputs computed once where that pays."""
         self.model.train()
         release_freed_memory()
         main = self.accelerator.is_main_process
@@ -212,12 +215,14 @@ class Fit:
         processes = self.accelerator.num_processes
         progress = Progress(self.total_steps, self.args, self.log, processes)
         share = threads.core_share(self.args.threads)
+        compiling = self.args.compile_training
         try:
             with (
                 Meter() as meter,
                 bf16_frozen_weights(self.unwrapped, self.args.precision),
-                fused_lora(self.unwrapped),
+                contextlib.nullcontext() if compiling else fused_lora(self.unwrapped),
                 cpu_attention(self.unwrapped, max(self.lengths)),
+                no_kv_cache(self.unwrapped),
                 share,
             ):
                 running = Running(meter, share, bar, progress, threads=torch.get_num_threads())
@@ -234,9 +239,17 @@ class Fit:
                 if running.frozen is not None:
                     self.state.train_seconds += running.frozen.build_seconds
                 running.flops_per_sample = self.flops_per_sample(running.frozen)
-                yield running
+                with self.compiling() as running.compiled:
+                    yield running
         finally:
             bar.close()
+
+    def compiling(self) -> contextlib.AbstractContextManager[CompiledBlocks | None]:
+        """The layer blocks compiled for the steps, with --compile-training (after the
+        FLOP count and the frozen layers' outputs: those run the eager blocks)."""
+        if not self.args.compile_training:
+            return contextlib.nullcontext()
+        return compiled_blocks(self.unwrapped, self.log)
 
     def flops_per_sample(self, frozen) -> float:
         """torch's FLOP count of a training batch of median length, forward and backward
@@ -320,7 +333,8 @@ class Fit:
                 # evaluation of the same weights follows at once.
                 self.log("validation skipped: one final validation would select nothing")
             else:
-                self.validate()
+                with running.compiled.eager() if running.compiled else contextlib.nullcontext():
+                    self.validate()
         if running.progress.checkpoint_due(self.state.step, self.done):
             if self.accelerator.is_main_process:
                 self.checkpoints.save(
@@ -399,6 +413,7 @@ class Fit:
             "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
             "num_processes": self.accelerator.num_processes,
             "frozen_layers_cached": frozen.stack.first_trained if frozen else 0,
+            "compiled_blocks": len(running.compiled) if running.compiled else 0,
             "rank_weight_sha256": rank_weight_hashes(self.unwrapped, self.accelerator),
             "history": state.history,
             "evals": state.evals,

@@ -1,0 +1,70 @@
+"""--compile-training (training/compiled_blocks.py): each layer block compiled for the
+steps, the same training as eager, the blocks uncompiled again after, validation eager;
+and no key/value cache while training (models/loading.no_kv_cache)."""
+
+import json
+
+import pytest
+import tiny
+import torch
+from transformers import AutoModelForCausalLM, T5Config, T5ForConditionalGeneration
+
+from peftlab.cli import main
+from peftlab.models.loading import no_kv_cache
+from peftlab.training.compiled_blocks import compiled_blocks, layer_blocks
+
+
+def run_record(tiny_llama, sentiment_csv, out, *extra) -> dict:
+    argv = ["run", *tiny.where(tiny_llama, sentiment_csv, out), "--precision", "fp32"]
+    argv += ["--train-samples", "48", "--test-samples", "16", "--validations", "2", *extra]
+    assert main(argv) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+def test_compiled_blocks_train_as_the_eager_ones_do(tiny_llama, sentiment_csv, tmp_path):
+    """Same losses, validations and test score (fp32, no dropout: the graphs may draw
+    masks in another order); the blocks ran compiled, in two graphs (the lowest block's
+    input needs no gradient): none for validation, none per layer for a key/value cache."""
+    torch._dynamo.reset()
+    no_dropout = ("--lora-dropout", "0")
+    compiled = run_record(
+        tiny_llama, sentiment_csv, tmp_path / "c", *no_dropout, "--compile-training"
+    )
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    eager = run_record(tiny_llama, sentiment_csv, tmp_path / "e", *no_dropout)
+    assert compiled["train"]["compiled_blocks"] == 2 and eager["train"]["compiled_blocks"] == 0
+    assert graphs == 2
+    losses = [h["loss"] for h in compiled["train"]["history"]]
+    assert losses == pytest.approx([h["loss"] for h in eager["train"]["history"]], rel=1e-4)
+    assert len(compiled["train"]["evals"]) == 2
+    assert compiled["after"]["loss"] == pytest.approx(eager["after"]["loss"], rel=1e-4)
+
+
+def test_compiled_blocks_are_the_models_own_again_after(tiny_llama):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    blocks = model.model.layers
+    with compiled_blocks(model, log=lambda message: None) as compiled:
+        assert len(compiled) == len(blocks)
+        assert all(block._compiled_call_impl is not None for block in blocks)
+        with compiled.eager():
+            assert all(block._compiled_call_impl is None for block in blocks)
+        assert all(block._compiled_call_impl is not None for block in blocks)
+    assert all(block._compiled_call_impl is None for block in blocks)
+
+
+def test_layer_blocks_are_both_stacks_of_an_encoder_decoder_not_their_sublayers():
+    config = T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3
+    )
+    model = T5ForConditionalGeneration(config)
+    blocks = layer_blocks(model)
+    assert blocks == [*model.encoder.block, *model.decoder.block]  # not each T5Block.layer
+
+
+def test_training_builds_no_key_value_cache_and_the_setting_comes_back(tiny_llama):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    ids = torch.tensor([[1, 2, 3]])
+    assert model.config.use_cache and model(ids).past_key_values is not None
+    with no_kv_cache(model):
+        assert model(ids).past_key_values is None
+    assert model.config.use_cache is True
