@@ -2,13 +2,15 @@
 
     python bench/ab.py HEAD~1 --lever "no pad-to-8 in fp32" --case smollm2-lora --rounds 3
     python bench/ab.py main HEAD --case minilm-lora --quick
+    python bench/ab.py HEAD HEAD --lever "compiled blocks" --b-option compile_training=true
 
 Each round runs both versions in fresh processes (the order rotates every round) with the
 same harness (this checkout's bench/vs_peer.py); only the package differs, imported from
 a worktree of each revision (`B` defaults to this working tree, uncommitted changes
-included). Medians of train samples/s, peak RSS and the test metric, B over A, are
-printed and added to bench/levers.json under this CPU's key, the lever's name and the
-case, so a kept lever's figure and a dropped one's both stay on record.
+included); `--b-option KEY=VALUE` gives B a training setting of its own, to measure an
+opt-in lever at one revision. Medians of train samples/s, peak RSS and the test metric,
+B over A, are printed and added to bench/levers.json under this CPU's key, the lever's
+name and the case, so a kept lever's figure and a dropped one's both stay on record.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from peftlab.fsutil import write_json_atomic  # noqa: E402
 
 
 def worktree(rev: str, into: Path) -> Path:
-    """A detached checkout of `rev` (the working tree itself for "WORKTREE")."""
+    """A detached checkout of `rev` in a folder of its own under `into` (A and B may be
+    the same revision); the working tree itself for "WORKTREE"."""
     if rev == "WORKTREE":
         return ROOT
+    into.mkdir(parents=True, exist_ok=True)
     path = into / rev.replace("/", "_").replace("~", "-")
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True
@@ -41,9 +45,11 @@ def worktree(rev: str, into: Path) -> Path:
     return path
 
 
-def measure(tree: Path, case: str, quick: bool) -> dict:
+def measure(tree: Path, case: str, quick: bool, options: list[str] = ()) -> dict:
     seed = vs_peer.COMMON["seed"]
-    return vs_peer.run_in_process(case, "peftlab", seed, quick, package=tree / "src")
+    return vs_peer.run_in_process(
+        case, "peftlab", seed, quick, package=tree / "src", options=options
+    )
 
 
 def medians(runs: list[dict]) -> dict:
@@ -59,10 +65,19 @@ def main() -> int:
     parser.add_argument("--case", default="smollm2-lora", choices=list(vs_peer.CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="the case's --quick sizes")
+    parser.add_argument(
+        "--b-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting B runs with (a TrainArgs field, e.g. compile_training=true; "
+        "repeatable): an opt-in lever, A and B then the same revision",
+    )
     parser.add_argument("--out", default=str(HERE / "levers.json"))
     args = parser.parse_args()
+    vs_peer.train_options(args.b_option)  # a bad pair fails before anything runs
     with tempfile.TemporaryDirectory() as scratch:
-        trees = {"a": worktree(args.a, Path(scratch)), "b": worktree(args.b, Path(scratch))}
+        trees = {side: worktree(getattr(args, side), Path(scratch) / side) for side in "ab"}
         try:
             runs = alternate(trees, args)
         finally:
@@ -77,7 +92,8 @@ def alternate(trees: dict, args) -> dict:
     runs: dict[str, list] = {"a": [], "b": []}
     for round_ in range(args.rounds):
         for side in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
-            result = measure(trees[side], args.case, args.quick)
+            options = args.b_option if side == "b" else []
+            result = measure(trees[side], args.case, args.quick, options)
             runs[side].append(result)
             print(
                 f"round {round_ + 1} {side} ({getattr(args, side)}): "
@@ -93,7 +109,7 @@ def record(args, runs: dict) -> None:
     entry = {
         "case": args.case + (" (quick)" if args.quick else ""),
         "a": {"rev": args.a, **a, "rounds": runs["a"]},
-        "b": {"rev": args.b, **b, "rounds": runs["b"]},
+        "b": {"rev": args.b, "options": args.b_option, **b, "rounds": runs["b"]},
         "speedup": round(b["samples_per_s"] / a["samples_per_s"], 3),
         "round_speedups": [
             round(rb["samples_per_s"] / ra["samples_per_s"], 3)

@@ -26,6 +26,7 @@ matmul peak in the pipeline's compute dtype.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -126,7 +127,24 @@ def case_config(name: str, seed: int | None = None, quick: bool = False) -> dict
 # ---------------------------------------------------------------- one measurement
 
 
-def run_peftlab(case: dict) -> dict:
+def train_options(pairs: list[str]) -> dict:
+    """--train-option KEY=VALUE pairs as TrainArgs values (JSON where it parses: true, 3)."""
+    from peftlab.config import TrainArgs
+
+    known = {f.name for f in dataclasses.fields(TrainArgs)}
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in known:
+            sys.exit(f"--train-option {pair!r}: give KEY=VALUE with KEY a field of TrainArgs")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
+def run_peftlab(case: dict, options: dict | None = None) -> dict:
     from peftlab.config import RunConfig
     from peftlab.runner.checks import checked
     from peftlab.runner.pipeline import run
@@ -143,6 +161,8 @@ def run_peftlab(case: dict) -> dict:
         case["seed"],
     )
     cfg.train.eval_batch_size = 32
+    for key, value in (options or {}).items():
+        setattr(cfg.train, key, value)
     with tempfile.TemporaryDirectory() as out:
         record = run(checked(cfg), Path(out) / "run", log=lambda message: None)
     train = record["train"]
@@ -155,10 +175,12 @@ def run_peftlab(case: dict) -> dict:
     }
 
 
-def measure_one(case_name: str, pipeline: str, seed: int | None, quick: bool) -> dict:
+def measure_one(
+    case_name: str, pipeline: str, seed: int | None, quick: bool, options: dict | None = None
+) -> dict:
     case = case_config(case_name, seed, quick)
     if pipeline == "peftlab":
-        result = run_peftlab(case)
+        result = run_peftlab(case, options)
     else:
         sys.path.insert(0, str(HERE))
         from peer import run_peer
@@ -241,13 +263,21 @@ def matmul_peak() -> dict:
 
 
 def run_in_process(
-    case: str, pipeline: str, seed: int, quick: bool, package: Path | None = None
+    case: str,
+    pipeline: str,
+    seed: int,
+    quick: bool,
+    package: Path | None = None,
+    options: list[str] = (),
 ) -> dict:
     """One measurement in a fresh process; `package`: a source folder to import peftlab
-    from instead of the installed one (bench/ab.py's revisions)."""
+    from instead of the installed one (bench/ab.py's revisions); `options`: peftlab's
+    --train-option pairs."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "--one", case, pipeline, "--result", out.name]
         command += ["--seed", str(seed)] + (["--quick"] if quick else [])
+        if pipeline == "peftlab":
+            command += [arg for pair in options for arg in ("--train-option", pair)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         if package is not None:
             env["PYTHONPATH"] = str(package)
@@ -312,6 +342,14 @@ def main() -> int:
         help="comma-separated seeds, one round each (default: seed 0 every round); "
         "for metric gaps, where one seed's luck would mislead",
     )
+    parser.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a peftlab training setting (a TrainArgs field, e.g. compile_training=true), "
+        "repeatable; the rows are kept as '<case> [KEY=VALUE]' beside the default ones",
+    )
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument(
@@ -321,7 +359,8 @@ def main() -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = measure_one(*args.one, args.seed, args.quick)
+        options = train_options(args.train_option)
+        result = measure_one(*args.one, args.seed, args.quick, options)
         Path(args.result).write_text(json.dumps(result))
         return 0
 
@@ -332,6 +371,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown case {unknown}; choose from {', '.join(CASES)}")
     # Checked before the peak is measured: a mistyped --pipelines fails at once.
+    train_options(args.train_option)  # a bad pair fails before anything runs
     configs = {case: case_config(case, quick=args.quick) for case in cases}
     chosen = {case: chosen_pipelines(config, args.pipelines) for case, config in configs.items()}
     peak = matmul_peak()
@@ -349,7 +389,7 @@ def main() -> int:
             turn = round_ % len(pipelines)
             order = pipelines[turn:] + pipelines[:turn]
             for pipeline in order:
-                result = run_in_process(case, pipeline, seed, args.quick)
+                result = run_in_process(case, pipeline, seed, args.quick, options=args.train_option)
                 runs[pipeline].append(result)
                 print(
                     f"{case} round {round_ + 1} {pipeline}: {result['samples_per_s']:.2f} "
@@ -359,14 +399,19 @@ def main() -> int:
                 )
         entry = {p: summarize(r, peak) for p, r in runs.items()}
         entry["ratios"] = ratios(entry)
-        entry["config"] = {**config, "seeds": seeds}
-        row = f"{case} (quick)" if args.quick else case
+        entry["config"] = {**config, "seeds": seeds, "peftlab_train_options": args.train_option}
+        row = row_name(case, args.quick, args.train_option)
         slot["cases"][row] = entry
         print(json.dumps({row: entry["ratios"]}), flush=True)
         # Written after every case: an interrupted benchmark keeps what it measured.
         write_json_atomic(out, report)
     print(table(report), flush=True)
     return 0
+
+
+def row_name(case: str, quick: bool, options: list[str]) -> str:
+    """The case's row; quick sizes and peftlab options each get rows of their own."""
+    return case + (" (quick)" if quick else "") + "".join(f" [{o}]" for o in sorted(options))
 
 
 def round_seeds(args) -> list[int]:

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
 import vs_peer
@@ -81,7 +83,9 @@ def test_a_lever_measured_on_two_cases_keeps_both(tmp_path, capsys):
             side: [{"samples_per_s": s, "peak_memory_mb": 900.0, "metric": 0.5}]
             for side, s in (("a", 1.0), ("b", speed))
         }
-        args = argparse.Namespace(a="A", b="B", lever="L", case=case, quick=False, out=out)
+        args = argparse.Namespace(
+            a="A", b="B", b_option=[], lever="L", case=case, quick=False, out=out
+        )
         ab.record(args, runs)
     levers = next(iter(json.loads(out.read_text()).values()))["levers"]
     assert {case: entry["speedup"] for case, entry in levers["L"].items()} == {
@@ -99,3 +103,17 @@ def test_compiled_training_keeps_each_precision_of_a_machine(tmp_path):
     (machine,) = json.loads(out.read_text()).values()
     assert machine["bf16"]["speedup"] == 1.3 and machine["fp32"]["speedup"] == 1.2
     assert "device" in machine["machine"]
+
+
+def test_peftlab_options_get_rows_of_their_own_and_bad_ones_are_named(capsys):
+    assert vs_peer.train_options(["compile_training=true", "batch_size=4"]) == {
+        "compile_training": True,
+        "batch_size": 4,
+    }
+    assert vs_peer.row_name("smollm2-lora", False, []) == "smollm2-lora"
+    named = vs_peer.row_name("smollm2-lora", True, ["compile_training=true"])
+    assert named == "smollm2-lora (quick) [compile_training=true]"
+    for bad in ("compile_training", "no_such_field=1"):
+        with pytest.raises(SystemExit) as stop:
+            vs_peer.train_options([bad])
+        assert repr(bad) in str(stop.value) and "TrainArgs" in str(stop.value)
