@@ -69,3 +69,15 @@ def test_training_builds_no_key_value_cache_and_the_setting_comes_back(tiny_llam
     with no_kv_cache(model):
         assert model(ids).past_key_values is None
     assert model.config.use_cache is True
+
+
+def test_blocks_that_compile_only_in_pieces_train_on_eagerly(
+    tiny_bert, sentiment_csv, tmp_path, capsys
+):
+    """BERT's blocks break their graph (transformers' output-capturing hooks): after the
+    first step they are uncompiled, with a note, and the run ends as an eager one would."""
+    torch._dynamo.reset()
+    record = run_record(tiny_bert, sentiment_csv, tmp_path / "c", "--compile-training")
+    assert "compile only in pieces (graph break: " in capsys.readouterr().out
+    assert record["train"]["compiled_blocks"] == 0
+    assert record["train"]["steps"] == len(record["train"]["history"]) == 6

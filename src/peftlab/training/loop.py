@@ -137,6 +137,7 @@ class Running:
     flops_per_sample: float = 0.0
     threads: int = 1
     compiled: CompiledBlocks | None = None  # --compile-training's blocks
+    late: contextlib.ExitStack | None = None  # contexts entered mid-run, left at its end
 
 
 class Fit:
@@ -220,12 +221,15 @@ class Fit:
             with (
                 Meter() as meter,
                 bf16_frozen_weights(self.unwrapped, self.args.precision),
-                contextlib.nullcontext() if compiling else fused_lora(self.unwrapped),
+                contextlib.ExitStack() as late,
                 cpu_attention(self.unwrapped, max(self.lengths)),
                 no_kv_cache(self.unwrapped),
                 share,
             ):
+                if not compiling:
+                    late.enter_context(fused_lora(self.unwrapped))
                 running = Running(meter, share, bar, progress, threads=torch.get_num_threads())
+                running.late = late
                 repeats = self.total_steps > self.windows_per_epoch
                 running.frozen = cache_frozen_layers(
                     self.accelerator,
@@ -250,6 +254,24 @@ class Fit:
         if not self.args.compile_training:
             return contextlib.nullcontext()
         return compiled_blocks(self.unwrapped, self.log)
+
+    def keep_or_undo_compile(self, running: Running) -> None:
+        """After the first compiled step: blocks that compiled only in pieces (graph
+        breaks) are uncompiled, and the run goes on as without --compile-training."""
+        compiled = running.compiled
+        if compiled is None or compiled.checked:
+            return
+        compiled.checked = True
+        reason = compiled.graph_break()
+        if reason is None:
+            return
+        compiled.undo()
+        running.compiled = None
+        running.late.enter_context(fused_lora(self.unwrapped))
+        self.log(
+            "note: --compile-training: this model's blocks compile only in pieces (graph "
+            f"break: {reason}), which trains slower than eager; training on eagerly"
+        )
 
     def flops_per_sample(self, frozen) -> float:
         """torch's FLOP count of a training batch of median length, forward and backward
@@ -306,6 +328,7 @@ class Fit:
         )
         state = self.state
         state.train_seconds += time.perf_counter() - started
+        self.keep_or_undo_compile(running)
         running.share.check()
         state.window += 1
         state.step += 1
