@@ -81,3 +81,17 @@ def test_blocks_that_compile_only_in_pieces_train_on_eagerly(
     assert "compile only in pieces (graph break: " in capsys.readouterr().out
     assert record["train"]["compiled_blocks"] == 0
     assert record["train"]["steps"] == len(record["train"]["history"]) == 6
+
+
+def test_without_a_cpp_compiler_the_run_says_so_and_trains_eagerly(
+    tiny_llama, sentiment_csv, tmp_path, capsys, monkeypatch
+):
+    from torch._inductor import cpp_builder, exc
+
+    def no_compiler():
+        raise exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    record = run_record(tiny_llama, sentiment_csv, tmp_path / "c", "--compile-training")
+    assert "inductor found no C++ compiler (InvalidCxxCompiler)" in capsys.readouterr().out
+    assert record["train"]["compiled_blocks"] == 0 and record["train"]["steps"] == 6

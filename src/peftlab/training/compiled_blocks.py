@@ -97,6 +97,23 @@ class CompiledBlocks:
                 block._compiled_call_impl = call
 
 
+def reason_not_to_compile(device) -> str | None:
+    """Why inductor cannot compile here, or None: on a CPU it builds C++ and needs a
+    compiler (dynamo would otherwise fail at the first step and run the unfused layers)."""
+    if torch.device(device).type != "cpu":
+        return None
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # inductor's own InvalidCxxCompiler, or a broken setting
+        return (
+            f"inductor found no C++ compiler ({type(exc).__name__}); install one (g++, "
+            "e.g. Debian's build-essential) to compile"
+        )
+    return None
+
+
 def graph_breaks() -> dict[str, int]:
     """dynamo's count of graph breaks in this process, by reason."""
     return torch._dynamo.utils.counters["graph_break"]

@@ -24,7 +24,11 @@ from peftlab.config import TrainArgs
 from peftlab.models.loading import cpu_attention, no_kv_cache
 from peftlab.training import distributed, flops, frozen_cache, threads
 from peftlab.training.checkpoints import Checkpoints, LoopState
-from peftlab.training.compiled_blocks import CompiledBlocks, compiled_blocks
+from peftlab.training.compiled_blocks import (
+    CompiledBlocks,
+    compiled_blocks,
+    reason_not_to_compile,
+)
 from peftlab.training.evaluate import evaluate
 from peftlab.training.fast_dropout import use_fast_dropout
 from peftlab.training.fused_lora import fused_lora
@@ -243,15 +247,21 @@ class Fit:
                 if running.frozen is not None:
                     self.state.train_seconds += running.frozen.build_seconds
                 running.flops_per_sample = self.flops_per_sample(running.frozen)
-                with self.compiling() as running.compiled:
+                with self.compiling(running) as running.compiled:
                     yield running
         finally:
             bar.close()
 
-    def compiling(self) -> contextlib.AbstractContextManager[CompiledBlocks | None]:
+    def compiling(self, running: Running) -> contextlib.AbstractContextManager:
         """The layer blocks compiled for the steps, with --compile-training (after the
-        FLOP count and the frozen layers' outputs: those run the eager blocks)."""
+        FLOP count and the frozen layers' outputs: those run the eager blocks); where
+        inductor cannot compile, a note and the eager fused layers."""
         if not self.args.compile_training:
+            return contextlib.nullcontext()
+        reason = reason_not_to_compile(self.accelerator.device)
+        if reason:
+            self.log(f"note: --compile-training: {reason}; training eagerly")
+            running.late.enter_context(fused_lora(self.unwrapped))
             return contextlib.nullcontext()
         return compiled_blocks(self.unwrapped, self.log)
 
