@@ -26,7 +26,6 @@ matmul peak in the pipeline's compute dtype.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -128,19 +127,22 @@ def case_config(name: str, seed: int | None = None, quick: bool = False) -> dict
 
 
 def train_options(pairs: list[str]) -> dict:
-    """--train-option KEY=VALUE pairs as TrainArgs values (JSON where it parses: true, 3)."""
-    from peftlab.config import TrainArgs
+    """--train-option KEY=VALUE pairs as TrainArgs values, read and checked by peftlab's
+    own config (`config.apply_mapping`: the field's declared type, unknown names)."""
+    from peftlab.config import RunConfig, apply_mapping
+    from peftlab.errors import ConfigError
 
-    known = {f.name for f in dataclasses.fields(TrainArgs)}
-    options = {}
+    cfg, options = RunConfig(), {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or key not in known:
-            sys.exit(f"--train-option {pair!r}: give KEY=VALUE with KEY a field of TrainArgs")
+        usage = f"--train-option {pair!r}: give KEY=VALUE with KEY a field of TrainArgs"
+        if not sep:
+            sys.exit(usage)
         try:
-            options[key] = json.loads(text)
-        except json.JSONDecodeError:
-            options[key] = text
+            apply_mapping(cfg, {"train": {key: text}}, "--train-option")
+        except ConfigError as exc:
+            sys.exit(f"{usage}; {exc.fix}")
+        options[key] = getattr(cfg.train, key)
     return options
 
 
