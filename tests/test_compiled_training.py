@@ -95,3 +95,16 @@ def test_without_a_cpp_compiler_the_run_says_so_and_trains_eagerly(
     record = run_record(tiny_llama, sentiment_csv, tmp_path / "c", "--compile-training")
     assert "inductor found no C++ compiler (InvalidCxxCompiler)" in capsys.readouterr().out
     assert record["train"]["compiled_blocks"] == 0 and record["train"]["steps"] == 6
+
+
+def test_a_model_with_no_block_to_compile_says_so_and_trains_eagerly(
+    tiny_llama, sentiment_csv, tmp_path, capsys, monkeypatch
+):
+    from peftlab.training import compiled_blocks as module
+
+    monkeypatch.setattr(module, "layer_blocks", lambda model: [])  # one layer: none above
+    record = run_record(tiny_llama, sentiment_csv, tmp_path / "c", "--compile-training")
+    assert "no layer blocks above the lowest to compile; training eagerly" in (
+        capsys.readouterr().out
+    )
+    assert record["train"]["compiled_blocks"] == 0 and record["train"]["steps"] == 6

@@ -78,10 +78,9 @@ class CompiledBlocks:
         return new[0].strip().splitlines()[0] if new else None
 
     def undo(self) -> None:
-        """The blocks' own uncompiled calls again, for the rest of the run."""
+        """The blocks' own uncompiled calls again, for good (a second call changes nothing)."""
         for block in self.blocks:
             block._compiled_call_impl = None
-        self.blocks = []
 
     @contextlib.contextmanager
     def eager(self) -> Iterator[None]:
@@ -97,9 +96,12 @@ class CompiledBlocks:
                 block._compiled_call_impl = call
 
 
-def reason_not_to_compile(device) -> str | None:
-    """Why inductor cannot compile here, or None: on a CPU it builds C++ and needs a
-    compiler (dynamo would otherwise fail at the first step and run the unfused layers)."""
+def reason_not_to_compile(model: nn.Module, device) -> str | None:
+    """Why the blocks of `model` are not compiled here, or None: it has none above the
+    lowest, or inductor has no C++ compiler on this CPU (dynamo would fail at the first
+    step and run the unfused layers)."""
+    if not layer_blocks(model):
+        return "no layer blocks above the lowest to compile"
     if torch.device(device).type != "cpu":
         return None
     from torch._inductor import cpp_builder
@@ -121,22 +123,19 @@ def graph_breaks() -> dict[str, int]:
 
 @contextlib.contextmanager
 def compiled_blocks(model: nn.Module, log=print) -> Iterator[CompiledBlocks]:
-    """Compile every layer block of `model` for the span of the context; they are the
-    model's own uncompiled blocks again after it."""
+    """Compile the layer blocks of `model` (layer_blocks) for the span of the context;
+    they are the model's own uncompiled blocks again after it."""
     blocks = layer_blocks(model)
-    if not blocks:
-        log("note: --compile-training: no layer blocks above the lowest to compile; eager")
     for block in blocks:
         block.compile(dynamic=True)
-    if blocks:
-        log(
-            f"compiling {len(blocks)} layer blocks for training (all but the lowest): the "
-            "first steps include the compile (about 10 s with inductor's cache warm, "
-            "a minute or more cold)"
-        )
+    log(
+        f"compiling {len(blocks)} layer blocks for training (all but the lowest): the "
+        "first steps include the compile (about 10 s with inductor's cache warm, "
+        "a minute or more cold)"
+    )
+    compiled = CompiledBlocks(blocks)
     try:
         with torch._dynamo.config.patch(suppress_errors=True):
-            yield CompiledBlocks(blocks)
+            yield compiled
     finally:
-        for block in blocks:
-            block._compiled_call_impl = None
+        compiled.undo()

@@ -255,15 +255,20 @@ class Fit:
     def compiling(self, running: Running) -> contextlib.AbstractContextManager:
         """The layer blocks compiled for the steps, with --compile-training (after the
         FLOP count and the frozen layers' outputs: those run the eager blocks); where
-        inductor cannot compile, a note and the eager fused layers."""
+        they are not compiled (reason_not_to_compile), a note and the eager fused layers."""
         if not self.args.compile_training:
             return contextlib.nullcontext()
-        reason = reason_not_to_compile(self.accelerator.device)
+        reason = reason_not_to_compile(self.unwrapped, self.accelerator.device)
         if reason:
-            self.log(f"note: --compile-training: {reason}; training eagerly")
-            running.late.enter_context(fused_lora(self.unwrapped))
+            self.train_eagerly(running, reason)
             return contextlib.nullcontext()
         return compiled_blocks(self.unwrapped, self.log)
+
+    def train_eagerly(self, running: Running, reason: str) -> None:
+        """--compile-training given, but the steps run as without it (fused LoRA layers)
+        from here on; the note says why."""
+        running.late.enter_context(fused_lora(self.unwrapped))
+        self.log(f"note: --compile-training: {reason}; training eagerly")
 
     def keep_or_undo_compile(self, running: Running) -> None:
         """After the first compiled step: blocks that compiled only in pieces (graph
@@ -277,10 +282,10 @@ class Fit:
             return
         compiled.undo()
         running.compiled = None
-        running.late.enter_context(fused_lora(self.unwrapped))
-        self.log(
-            "note: --compile-training: this model's blocks compile only in pieces (graph "
-            f"break: {reason}), which trains slower than eager; training on eagerly"
+        self.train_eagerly(
+            running,
+            f"this model's blocks compile only in pieces (graph break: {reason}), which "
+            "trains slower than eager",
         )
 
     def flops_per_sample(self, frozen) -> float:
