@@ -2,15 +2,17 @@
 
     python bench/ab.py HEAD~1 --lever "no pad-to-8 in fp32" --case smollm2-lora --rounds 3
     python bench/ab.py main HEAD --case minilm-lora --quick
-    python bench/ab.py HEAD HEAD --lever "compiled blocks" --b-option compile_training=true
+    python bench/ab.py HEAD HEAD --lever "compiled blocks" \
+        --a-option compile_training=off --b-option compile_training=on
 
 Each round runs both versions in fresh processes (the order rotates every round) with the
 same harness (this checkout's bench/vs_peer.py); only the package differs, imported from
 a worktree of each revision (`B` defaults to this working tree, uncommitted changes
-included); `--b-option KEY=VALUE` gives B a training setting of its own, to measure an
-opt-in lever at one revision. Medians of train samples/s, peak RSS and the test metric,
-B over A, are printed and added to bench/levers.json under this CPU's key, the lever's
-name and the case, so a kept lever's figure and a dropped one's both stay on record.
+included); `--a-option` / `--b-option KEY=VALUE` give A or B a training setting of its
+own, to measure a lever a setting turns on or off at one revision. Medians of train
+samples/s, peak RSS and the test metric, B over A, are printed and added to
+bench/levers.json under this CPU's key, the lever's name and the case, so a kept lever's
+figure and a dropped one's both stay on record.
 """
 
 from __future__ import annotations
@@ -65,17 +67,19 @@ def main() -> int:
     parser.add_argument("--case", default="smollm2-lora", choices=list(vs_peer.CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="the case's --quick sizes")
-    parser.add_argument(
-        "--b-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a training setting B runs with (a TrainArgs field, e.g. compile_training=true; "
-        "repeatable): an opt-in lever, A and B then the same revision",
-    )
+    for side in "ab":
+        parser.add_argument(
+            f"--{side}-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a training setting {side.upper()} runs with (a TrainArgs field, e.g. "
+            "compile_training=on; repeatable): a lever a setting turns on or off, A and B "
+            "then the same revision",
+        )
     parser.add_argument("--out", default=str(HERE / "levers.json"))
     args = parser.parse_args()
-    vs_peer.train_options(args.b_option)  # a bad pair fails before anything runs
+    vs_peer.train_options(args.a_option + args.b_option)  # a bad pair fails before any run
     with tempfile.TemporaryDirectory() as scratch:
         trees = {side: worktree(getattr(args, side), Path(scratch) / side) for side in "ab"}
         try:
@@ -92,7 +96,7 @@ def alternate(trees: dict, args) -> dict:
     runs: dict[str, list] = {"a": [], "b": []}
     for round_ in range(args.rounds):
         for side in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
-            options = args.b_option if side == "b" else []
+            options = getattr(args, f"{side}_option")
             result = measure(trees[side], args.case, args.quick, options)
             runs[side].append(result)
             print(
@@ -108,7 +112,7 @@ def record(args, runs: dict) -> None:
     a, b = medians(runs["a"]), medians(runs["b"])
     entry = {
         "case": args.case + (" (quick)" if args.quick else ""),
-        "a": {"rev": args.a, **a, "rounds": runs["a"]},
+        "a": {"rev": args.a, "options": args.a_option, **a, "rounds": runs["a"]},
         "b": {"rev": args.b, "options": args.b_option, **b, "rounds": runs["b"]},
         "speedup": round(b["samples_per_s"] / a["samples_per_s"], 3),
         "round_speedups": [

@@ -140,6 +140,7 @@ def train_options(pairs: list[str]) -> dict:
             sys.exit(usage)
         try:
             apply_mapping(cfg, {"train": {key: text}}, "--train-option")
+            cfg.validate()  # the field's choices
         except ConfigError as exc:
             sys.exit(f"{usage}; {exc.fix}")
         options[key] = getattr(cfg.train, key)
@@ -349,7 +350,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a peftlab training setting (a TrainArgs field, e.g. compile_training=true), "
+        help="a peftlab training setting (a TrainArgs field, e.g. compile_training=on), "
         "repeatable; the rows are kept as '<case> [KEY=VALUE]' beside the default ones",
     )
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)

@@ -34,6 +34,17 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+@pytest.fixture(autouse=True)
+def compile_records(tmp_path, monkeypatch) -> Path:
+    """--compile-training auto's record of compile costs, in the test's own folder: no
+    record of a real run here decides a test's compile, and no test writes there."""
+    from peftlab.training import compile_choice
+
+    path = tmp_path / "inductor" / compile_choice.RECORD_NAME
+    monkeypatch.setattr(compile_choice, "record_path", lambda: path)
+    return path
+
+
 def once_per_run(tmp_path_factory, name: str, build) -> Path:
     """The folder `build(folder)` fills, built once per test run however many xdist
     workers ask: the others wait on a file lock in the workers' shared temporary root and

@@ -84,7 +84,7 @@ def test_a_lever_measured_on_two_cases_keeps_both(tmp_path, capsys):
             for side, s in (("a", 1.0), ("b", speed))
         }
         args = argparse.Namespace(
-            a="A", b="B", b_option=[], lever="L", case=case, quick=False, out=out
+            a="A", b="B", a_option=[], b_option=[], lever="L", case=case, quick=False, out=out
         )
         ab.record(args, runs)
     levers = next(iter(json.loads(out.read_text()).values()))["levers"]
@@ -107,13 +107,13 @@ def test_compiled_training_keeps_each_precision_of_a_machine(tmp_path):
 
 def test_peftlab_options_get_rows_of_their_own_and_bad_ones_are_named(capsys):
     assert vs_peer.train_options(["compile_training=true", "batch_size=4"]) == {
-        "compile_training": True,
+        "compile_training": "on",
         "batch_size": 4,
     }
     assert vs_peer.row_name("smollm2-lora", False, []) == "smollm2-lora"
     named = vs_peer.row_name("smollm2-lora", True, ["compile_training=true"])
     assert named == "smollm2-lora (quick) [compile_training=true]"
-    for bad in ("compile_training", "no_such_field=1"):
+    for bad in ("compile_training", "no_such_field=1", "compile_training=maybe"):
         with pytest.raises(SystemExit) as stop:
             vs_peer.train_options([bad])
         assert repr(bad) in str(stop.value) and "TrainArgs" in str(stop.value)

@@ -41,6 +41,26 @@ def test_flags_are_typed():
     assert cfg.train.keep_best is False and cfg.train.batch_size == 4
 
 
+def test_on_off_settings_read_booleans_and_the_bare_flag_turns_them_on(tmp_path):
+    """YAML reads `on` as a boolean; compile_training was a boolean in older run.json."""
+    assert parse().train.compile_training == "auto"
+    assert parse("--compile-training").train.compile_training == "on"
+    assert parse("--compile-training", "off").train.compile_training == "off"
+    path = tmp_path / "exp.yaml"
+    for text, value in (("on", "on"), ("true", "on"), ("off", "off"), ("auto", "auto")):
+        path.write_text(f"train:\n  compile_training: {text}\ntask:\n  chat_template: {text}\n")
+        cfg = parse("--config", str(path))
+        assert (cfg.train.compile_training, cfg.task.chat_template) == (value, value)
+    old = RunConfig().to_dict()
+    old["train"]["compile_training"] = False
+    assert from_dict(old).train.compile_training == "off"
+    path.write_text("train:\n  compile_training: maybe\n")
+    with pytest.raises(ConfigError) as info:
+        parse("--config", str(path))
+    assert info.value.field == "train.compile_training"
+    assert "use one of ('auto', 'on', 'off')" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "argv, field",
     [

@@ -17,6 +17,7 @@ import warnings
 
 from peftlab import __version__
 from peftlab.config import (
+    ON_OFF_AUTO,
     PRECISIONS,
     SECTIONS,
     RunConfig,
@@ -51,6 +52,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = choices  # numeric choices are checked after typing
         if field_type(owner, name) is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices == ON_OFF_AUTO:
+            kwargs.update(nargs="?", const="on")  # the bare flag turns it on
         else:
             kwargs["metavar"] = name.upper()
         groups[section].add_argument(flag, **kwargs)

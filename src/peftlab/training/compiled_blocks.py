@@ -12,7 +12,7 @@ Measured (bench/compiled_training.py, SmolLM2-135M + LoRA r=8 on every projectio
 of 8 rows averaging 64 tokens, AMX Xeon): a step 1.34-1.41x faster than the eager fused
 one in bf16, 1.19x in fp32; the compile costs each process 11-12 s with inductor's
 on-disk cache warm, 33-111 s cold. So it pays on runs of hundreds of steps, not on
-short ones, and is opt-in.
+short ones: --compile-training auto compiles where it expects it to (compile_plan.py).
 
 Inside the blocks peft's own LoRA layers run (fused_lora's hand-written node, compiled,
 lost: 952 against 604 ms a step) and FastDropout draws its masks through its custom op.

@@ -24,14 +24,9 @@ from peftlab.config import TrainArgs
 from peftlab.models.loading import cpu_attention, no_kv_cache
 from peftlab.training import distributed, flops, frozen_cache, threads
 from peftlab.training.checkpoints import Checkpoints, LoopState
-from peftlab.training.compiled_blocks import (
-    CompiledBlocks,
-    compiled_blocks,
-    reason_not_to_compile,
-)
+from peftlab.training.compile_plan import CompilePlan
 from peftlab.training.evaluate import evaluate
 from peftlab.training.fast_dropout import use_fast_dropout
-from peftlab.training.fused_lora import fused_lora
 from peftlab.training.hooks import NO_HOOKS, LoopHooks, RunStart
 from peftlab.training.precision import autocast, bf16_frozen_weights
 from peftlab.training.progress import Progress
@@ -140,8 +135,7 @@ class Running:
     frozen: frozen_cache.FrozenCache | None = None
     flops_per_sample: float = 0.0
     threads: int = 1
-    compiled: CompiledBlocks | None = None  # --compile-training's blocks
-    late: contextlib.ExitStack | None = None  # contexts entered mid-run, left at its end
+    plan: CompilePlan | None = None  # fused LoRA layers or compiled blocks
 
 
 class Fit:
@@ -220,20 +214,25 @@ class Fit:
         processes = self.accelerator.num_processes
         progress = Progress(self.total_steps, self.args, self.log, processes)
         share = threads.core_share(self.args.threads)
-        compiling = self.args.compile_training
+        plan = CompilePlan(
+            self.unwrapped,
+            self.args.compile_training,
+            self.args.precision,
+            self.accelerator.device,
+            processes,
+            self.log,
+        )
         try:
             with (
                 Meter() as meter,
                 bf16_frozen_weights(self.unwrapped, self.args.precision),
-                contextlib.ExitStack() as late,
+                plan,
                 cpu_attention(self.unwrapped, max(self.lengths)),
                 no_kv_cache(self.unwrapped),
                 share,
             ):
-                if not compiling:
-                    late.enter_context(fused_lora(self.unwrapped))
                 running = Running(meter, share, bar, progress, threads=torch.get_num_threads())
-                running.late = late
+                running.plan = plan
                 repeats = self.total_steps > self.windows_per_epoch
                 running.frozen = cache_frozen_layers(
                     self.accelerator,
@@ -247,46 +246,10 @@ class Fit:
                 if running.frozen is not None:
                     self.state.train_seconds += running.frozen.build_seconds
                 running.flops_per_sample = self.flops_per_sample(running.frozen)
-                with self.compiling(running) as running.compiled:
-                    yield running
+                plan.start()  # after the FLOP count and the frozen outputs: eager blocks
+                yield running
         finally:
             bar.close()
-
-    def compiling(self, running: Running) -> contextlib.AbstractContextManager:
-        """The layer blocks compiled for the steps, with --compile-training (after the
-        FLOP count and the frozen layers' outputs: those run the eager blocks); where
-        they are not compiled (reason_not_to_compile), a note and the eager fused layers."""
-        if not self.args.compile_training:
-            return contextlib.nullcontext()
-        reason = reason_not_to_compile(self.unwrapped, self.accelerator.device)
-        if reason:
-            self.train_eagerly(running, reason)
-            return contextlib.nullcontext()
-        return compiled_blocks(self.unwrapped, self.log)
-
-    def train_eagerly(self, running: Running, reason: str) -> None:
-        """--compile-training given, but the steps run as without it (fused LoRA layers)
-        from here on; the note says why."""
-        running.late.enter_context(fused_lora(self.unwrapped))
-        self.log(f"note: --compile-training: {reason}; training eagerly")
-
-    def keep_or_undo_compile(self, running: Running) -> None:
-        """After the first compiled step: blocks that compiled only in pieces (graph
-        breaks) are uncompiled, and the run goes on as without --compile-training."""
-        compiled = running.compiled
-        if compiled is None or compiled.checked:
-            return
-        compiled.checked = True
-        reason = compiled.graph_break()
-        if reason is None:
-            return
-        compiled.undo()
-        running.compiled = None
-        self.train_eagerly(
-            running,
-            f"this model's blocks compile only in pieces (graph break: {reason}), which "
-            "trains slower than eager",
-        )
 
     def flops_per_sample(self, frozen) -> float:
         """torch's FLOP count of a training batch of median length, forward and backward
@@ -342,8 +305,10 @@ class Fit:
             self.step_hooks(),
         )
         state = self.state
-        state.train_seconds += time.perf_counter() - started
-        self.keep_or_undo_compile(running)
+        seconds = time.perf_counter() - started
+        state.train_seconds += seconds
+        steps_left = self.total_steps - state.step - 1
+        running.plan.step_done(seconds, state.step + 1, steps_left)
         running.share.check()
         state.window += 1
         state.step += 1
@@ -371,7 +336,7 @@ class Fit:
                 # evaluation of the same weights follows at once.
                 self.log("validation skipped: one final validation would select nothing")
             else:
-                with running.compiled.eager() if running.compiled else contextlib.nullcontext():
+                with running.plan.eager():
                     self.validate()
         if running.progress.checkpoint_due(self.state.step, self.done):
             if self.accelerator.is_main_process:
@@ -451,7 +416,7 @@ class Fit:
             "cuda_peak_memory_mb": meter.cuda_peak_memory_mb,
             "num_processes": self.accelerator.num_processes,
             "frozen_layers_cached": frozen.stack.first_trained if frozen else 0,
-            "compiled_blocks": len(running.compiled) if running.compiled else 0,
+            **running.plan.summary(),
             "rank_weight_sha256": rank_weight_hashes(self.unwrapped, self.accelerator),
             "history": state.history,
             "evals": state.evals,
