@@ -134,6 +134,8 @@ def test_auto_compiles_mid_run_where_the_record_says_it_pays(
     train = auto["train"]
     assert train["compiled_at_step"] == 8 and train["compiled_blocks"] == 1
     assert train["compile_training"].startswith("auto: compiled at step 8 (~0 s of eager")
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "| compiled for training | 1 layer block, from step 9 |" in report
     eager = run_record(
         tiny_llama, sentiment_csv, tmp_path / "e", *no_dropout, "--compile-training", "off"
     )

@@ -51,6 +51,12 @@ def cost_table(record: dict) -> str:
     if t.get("frozen_layers_cached"):  # older records lack the key
         below = t["frozen_layers_cached"]
         rows.append(("frozen layers", f"0-{below - 1} computed once per example, reused"))
+    if t.get("compiled_blocks"):  # older records lack the key
+        step = t.get("compiled_at_step") or 0
+        since = f"from step {step + 1}" if step else "from the first step"
+        count = t["compiled_blocks"]
+        blocks = f"{count} layer block{'s' if count > 1 else ''}"
+        rows.append(("compiled for training", f"{blocks}, {since}"))
     rows += [
         ("adapter size", f"{adapter['size_mb']:.2f} MB ({adapter['format']})"),
         (
