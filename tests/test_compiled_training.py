@@ -199,3 +199,17 @@ def test_records_are_kept_per_blocks_and_an_unreadable_file_is_none(tiny_llama):
     assert compile_choice.read_record(key) == CompileRecord(12.0, 0.3, measured=True)
     compile_choice.record_path().write_text("{not json")
     assert compile_choice.read_record(key) == CompileRecord()
+
+
+def test_an_unwritable_record_is_a_note_not_a_failed_run(
+    tiny_llama, sentiment_csv, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "not_a_folder").write_text("")
+    monkeypatch.setattr(
+        compile_choice, "record_path", lambda: tmp_path / "not_a_folder" / "records.json"
+    )
+    record = run_record(tiny_llama, sentiment_csv, tmp_path / "c", "--compile-training")
+    assert record["train"]["compiled_blocks"] == 1 and record["train"]["steps"] == 6
+    assert "note: --compile-training: the compile's figures were not kept in " in (
+        capsys.readouterr().out
+    )

@@ -71,17 +71,23 @@ def read_record(key: str) -> CompileRecord:
         return CompileRecord()
 
 
-def write_record(key: str, record: CompileRecord) -> None:
+def write_record(key: str, record: CompileRecord) -> str | None:
+    """Keep `record` under `key`; why it could not be kept (an unwritable cache folder:
+    the run's result does not depend on it), else None."""
     path = record_path()
-    with locked(path):
-        try:
-            records = json.loads(path.read_text())
-        except (OSError, ValueError):
-            records = {}
-        entry = dataclasses.asdict(record)
-        del entry["measured"]
-        records[key] = entry
-        write_json_atomic(path, records)
+    try:
+        with locked(path):
+            try:
+                records = json.loads(path.read_text())
+            except (OSError, ValueError):
+                records = {}
+            entry = dataclasses.asdict(record)
+            del entry["measured"]
+            records[key] = entry
+            write_json_atomic(path, records)
+    except OSError as exc:
+        return f"the compile's figures were not kept in {path} ({exc.strerror or exc})"
+    return None
 
 
 def should_compile(eager_step_s: float, steps_left: int, record: CompileRecord) -> tuple[bool, str]:

@@ -118,7 +118,7 @@ class CompilePlan:
         compiled.undo()
         self.compiled = None
         self.record = compile_choice.CompileRecord(broke=reason, measured=True)
-        compile_choice.write_record(self.key, self.record)
+        self.keep(self.record)
         self.train_eagerly(
             f"this model's blocks compile only in pieces (graph break: {reason}), which "
             "trains slower than eager"
@@ -144,7 +144,12 @@ class CompilePlan:
         """Record what this run's compile cost and saved, for auto's next decisions."""
         measured = self.times.measured(self.record)
         if measured is not None and self.key is not None and self.compiled is not None:
-            compile_choice.write_record(self.key, measured)
+            self.keep(measured)
+
+    def keep(self, record: compile_choice.CompileRecord) -> None:
+        problem = compile_choice.write_record(self.key, record)
+        if problem:
+            self.log(f"note: --compile-training: {problem}")
 
     def summary(self) -> dict:
         decision = self.decision
