@@ -199,6 +199,10 @@ def test_records_are_kept_per_blocks_and_an_unreadable_file_is_none(tiny_llama):
     assert compile_choice.read_record(key) == CompileRecord(12.0, 0.3, measured=True)
     compile_choice.record_path().write_text("{not json")
     assert compile_choice.read_record(key) == CompileRecord()
+    compile_choice.record_path().write_text("[]")  # JSON, but no mapping of records
+    assert compile_choice.read_record(key) == CompileRecord()
+    assert compile_choice.write_record(key, CompileRecord(9.0, 0.2, measured=True)) is None
+    assert compile_choice.read_record(key) == CompileRecord(9.0, 0.2, measured=True)
 
 
 def test_an_unwritable_record_is_a_note_not_a_failed_run(

@@ -62,12 +62,10 @@ def record_path() -> Path:
 
 
 def read_record(key: str) -> CompileRecord:
-    """The record kept for `key`, else the defaults (measured False); an unreadable file
-    counts as none."""
+    """The record kept for `key`, else the defaults (measured False)."""
     try:
-        entry = json.loads(record_path().read_text())[key]
-        return CompileRecord(**entry, measured=True)
-    except (OSError, ValueError, KeyError, TypeError):
+        return CompileRecord(**_records(record_path())[key], measured=True)
+    except (KeyError, TypeError):  # none kept, or an entry of another shape
         return CompileRecord()
 
 
@@ -77,10 +75,7 @@ def write_record(key: str, record: CompileRecord) -> str | None:
     path = record_path()
     try:
         with locked(path):
-            try:
-                records = json.loads(path.read_text())
-            except (OSError, ValueError):
-                records = {}
+            records = _records(path)
             entry = dataclasses.asdict(record)
             del entry["measured"]
             records[key] = entry
@@ -88,6 +83,16 @@ def write_record(key: str, record: CompileRecord) -> str | None:
     except OSError as exc:
         return f"the compile's figures were not kept in {path} ({exc.strerror or exc})"
     return None
+
+
+def _records(path: Path) -> dict:
+    """Every kept record by key; an unreadable file, or one that holds no mapping, counts
+    as none."""
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
 
 
 def should_compile(eager_step_s: float, steps_left: int, record: CompileRecord) -> tuple[bool, str]:
